@@ -1,0 +1,23 @@
+# The two commands the README promises (run as root):
+#   make demo   set everything up, then run the default experiment on the local testbed
+#   make test   set everything up, then run the test suite
+.PHONY: setup demo test lint bench clean
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	bash scripts/demo.sh
+
+test: setup
+	.venv/bin/ruff check .
+	.venv/bin/python -m pytest -q -rs tests
+
+lint: setup
+	.venv/bin/ruff check .
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; .venv/bin/python $$b || exit 1; done
+
+clean:
+	-.venv/bin/testbed down --all

@@ -1,0 +1,1 @@
+"""Datapaths: where a policy's decisions meet packets on the bottleneck router."""

@@ -1,0 +1,43 @@
+"""The Datapath interface. Each datapath says what it supports; an unsupported pair is an
+error before the run starts, never a silent fallback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from orchestrator.errors import UserError
+from orchestrator.testbed import Testbed
+from policies.base import Policy
+
+
+class Datapath:
+    name: ClassVar[str] = ""
+
+    def __init__(self, testbed: Testbed) -> None:
+        self.testbed = testbed
+
+    def unsupported(self, policy: Policy) -> str | None:
+        """Why this datapath cannot run the policy here, or None if it can."""
+        if self.name not in policy.datapaths:
+            return f"policy {policy.name!r} does not run on the {self.name!r} datapath " \
+                   f"(it runs on: {', '.join(policy.datapaths)})"
+        return None
+
+    def check(self, policy: Policy) -> None:
+        why = self.unsupported(policy)
+        if why:
+            raise UserError(why)
+
+    def start(self, policy: Policy, run_dir: Path) -> None:
+        """Deploy the policy on the bottleneck and start telemetry into run_dir/telemetry."""
+        raise NotImplementedError
+
+    def stop(self) -> dict[str, Any]:
+        """Stop, restore the testbed's baseline link, return counters for the manifest
+        (e.g. updates, missed_deadlines, packets_logged, sample_rate)."""
+        raise NotImplementedError
+
+    @classmethod
+    def clean(cls, testbed: Testbed) -> None:
+        """Remove whatever this datapath may have left on the testbed (idempotent)."""

@@ -1,0 +1,114 @@
+"""The testbed's baseline link on the bottleneck router: a rate shaper and the base delay.
+
+`up` installs both; a datapath that brings its own queue (ebpf, kernel) replaces the shaper's
+leaf, and the nfqueue datapath removes the shaper and emulates the rate itself. The base delay
+stays in place for every datapath.
+
+Shaper: HTB root 1:, class 1:1 at the link rate, FIFO leaf 10: with the buffer (pfifo when the
+spec gave packets, bfifo otherwise). HTB counts L2 bytes, as a real link would.
+Delay: netem where the kernel has it, else the project's NFQUEUE delay line (delayline.py).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from orchestrator.testbed import Testbed
+
+DELAY_QUEUE_FORWARD = 0
+DELAY_QUEUE_REVERSE = 1
+
+
+def _rate(bps: float) -> str:
+    return f"{int(bps)}bit"
+
+
+def install_shaper(tb: Testbed, leaf: list[str] | None = None) -> None:
+    """HTB at the link rate on the bottleneck egress, with a FIFO leaf (or the given leaf qdisc
+    arguments, e.g. ['pie', 'target', '15ms'])."""
+    bn = tb.bottleneck
+    dev = bn.egress
+    tb.run(bn.router, ["tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb",
+                       "default", "1"])
+    tb.run(bn.router, ["tc", "class", "replace", "dev", dev, "parent", "1:", "classid", "1:1",
+                       "htb", "rate", _rate(bn.rate_bps), "ceil", _rate(bn.rate_bps)])
+    if leaf is None:
+        leaf = (["pfifo", "limit", str(bn.buffer_pkts)] if bn.buffer_in == "packets"
+                else ["bfifo", "limit", str(bn.buffer_bytes)])
+    tb.run(bn.router, ["tc", "qdisc", "replace", "dev", dev, "parent", "1:1", "handle", "10:",
+                       *leaf])
+
+
+def remove_shaper(tb: Testbed) -> None:
+    bn = tb.bottleneck
+    tb.run(bn.router, ["tc", "qdisc", "del", "dev", bn.egress, "root"], check=False)
+
+
+def start_delay(tb: Testbed) -> None:
+    bn = tb.bottleneck
+    if bn.delay_mode == "netem":
+        _netem(tb)
+    elif bn.forward_delay_s > 0 or bn.reverse_delay_s > 0 or bn.extra_delay_s:
+        _delay_line(tb)
+
+
+def _netem(tb: Testbed) -> None:
+    """netem on the router: reverse delay (plus per-host extras) towards each sender, forward
+    delay towards the receivers would collide with HTB, so it goes on the receivers' side."""
+    bn = tb.bottleneck
+    router = tb.host(bn.router)
+    for iface in router.interfaces:
+        if iface.name == bn.egress:
+            continue
+        extra = 2 * bn.extra_delay_s.get(tb.host(iface.peer).address, 0.0)
+        _netem_on(tb, bn.router, iface.name, bn.reverse_delay_s + extra)
+    receiver = tb.host(next(i.peer for i in router.interfaces if i.name == bn.egress))
+    _netem_on(tb, receiver.name, receiver.iface_to(bn.router).name, bn.forward_delay_s)
+
+
+def _netem_on(tb: Testbed, host: str, dev: str, delay_s: float) -> None:
+    if delay_s > 0:
+        tb.run(host, ["tc", "qdisc", "replace", "dev", dev, "root", "netem", "delay",
+                      f"{delay_s * 1e6:.0f}us", "limit", "100000"])
+
+
+def _delay_line(tb: Testbed) -> None:
+    bn = tb.bottleneck
+    config = {"base_s": {str(DELAY_QUEUE_FORWARD): bn.forward_delay_s,
+                         str(DELAY_QUEUE_REVERSE): bn.reverse_delay_s},
+              "extra_s": {ip: 2 * d for ip, d in bn.extra_delay_s.items()}}
+    path = tb.state_dir / "delayline.json"
+    path.write_text(json.dumps(config))
+    log = open(tb.state_dir / "delayline.log", "wb")
+    proc = tb.popen(bn.router, [_python(), "-m", "orchestrator.delayline", str(path)],
+                    tag="delayline", stdout=log, stderr=subprocess.STDOUT)
+    _wait_ready(tb, proc, tb.state_dir / "delayline.log")
+    rules = []
+    if bn.forward_delay_s > 0:
+        rules += [(dev, DELAY_QUEUE_FORWARD) for dev in bn.ingress]
+    rules.append((bn.egress, DELAY_QUEUE_REVERSE))
+    for dev, queue in rules:
+        tb.run(bn.router, ["iptables", "-t", "mangle", "-A", "FORWARD", "-i", dev, "-j", "NFQUEUE",
+                           "--queue-num", str(queue), "--queue-bypass"])
+
+
+def _wait_ready(tb: Testbed, proc: subprocess.Popen, log_path) -> None:
+    import time
+
+    from orchestrator.errors import UserError
+
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if b"ready" in log_path.read_bytes():
+            return
+        if proc.poll() is not None:
+            raise UserError(f"the delay line exited: {log_path.read_text()[-800:]}")
+        time.sleep(0.02)
+    raise UserError(f"the delay line did not start in 15 s: {log_path.read_text()[-800:]}")
+
+
+def _python() -> str:
+    import sys
+
+    return sys.executable

@@ -1,0 +1,273 @@
+"""The local provider: every host is a network namespace on this machine (mininet-like).
+
+Kernel objects are named after the testbed, so two testbeds can be up at once:
+namespaces are `tb-<testbed>-<host>`; veths are created directly inside their namespaces
+(`e-<peer>`), so they never appear in the root namespace. Deleting a namespace removes its
+veths, qdiscs, tc BPF programs and iptables rules with it; `down` also kills what runs in it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+
+from orchestrator import kernel, link
+from orchestrator.errors import UserError
+from orchestrator.spec import Spec
+from orchestrator.testbed import STATE_ROOT, Bottleneck, Host, Interface, Testbed
+
+NS_PREFIX = "tb-"
+
+
+def ns_name(testbed: str, host: str) -> str:
+    return f"{NS_PREFIX}{testbed}-{host}"
+
+
+class NetnsTestbed(Testbed):
+    provider = "netns"
+
+    def argv_on(self, host: str, argv: Sequence[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.host(host).netns, *argv]
+
+    def bpffs(self) -> Path:
+        path = self.state_dir / "bpffs"
+        if not os.path.ismount(path):
+            path.mkdir(parents=True, exist_ok=True)
+            _sh(["mount", "-t", "bpf", "bpf", str(path)])
+            self.add_cleanup("mount", str(path))
+        return path
+
+
+def _sh(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess:
+    res = subprocess.run(list(argv), capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise UserError(f"command failed: {' '.join(argv)}: {res.stderr.strip()}")
+    return res
+
+
+# ---------------------------------------------------------------- building
+
+
+def plan(spec: Spec) -> tuple[dict[str, Host], Bottleneck]:
+    """Hosts with their interfaces and addresses, and the bottleneck, without touching the kernel."""
+    hosts = {h.name: Host(h.name, h.role, ns_name(spec.name, h.name)) for h in spec.hosts}
+    used = {str(ipaddress.IPv4Interface(a).network) for link_ in spec.links
+            for a in (link_.a_addr, link_.b_addr) if a}
+    auto = (f"10.{i // 250}.{i % 250 + 1}.0/24" for i in range(1 << 14))
+    for idx, lk in enumerate(spec.links):
+        a_addr, b_addr = lk.a_addr, lk.b_addr
+        if a_addr is None:
+            net = next(n for n in auto if n not in used)
+            base = net.rsplit(".", 1)[0]
+            a_addr, b_addr = f"{base}.1/24", f"{base}.2/24"
+        assert b_addr is not None
+        hosts[lk.a].interfaces.append(Interface(f"e-{lk.b}", a_addr, lk.b, b_addr, idx))
+        hosts[lk.b].interfaces.append(Interface(f"e-{lk.a}", b_addr, lk.a, a_addr, idx))
+    bl, bn = spec.bottleneck_link, spec.bottleneck
+    router = hosts[bl.a]
+    extra = {}
+    for lk in spec.links:
+        if lk.delay_s > 0:
+            for end in (lk.a, lk.b):
+                if hosts[end].role != "router":
+                    extra[hosts[end].address] = lk.delay_s
+    mode = bn.delay_mode
+    if mode == "auto":
+        mode = "netem" if kernel.has_qdisc("netem") else "nfqueue"
+    bottleneck = Bottleneck(
+        router=router.name, egress=router.iface_to(bl.b).name,
+        ingress=[i.name for i in router.interfaces if i.peer != bl.b],
+        rate_bps=bn.rate_bps, forward_delay_s=bn.forward_s, reverse_delay_s=bn.reverse_s,
+        buffer_pkts=bn.buffer_pkts(), buffer_bytes=bn.buffer_bytes(), delay_mode=mode,
+        extra_delay_s=extra, buffer_in="packets" if _in_packets(bn.buffer) else "bytes")
+    return hosts, bottleneck
+
+
+def _in_packets(buffer: str | int) -> bool:
+    return isinstance(buffer, int) or buffer.strip().lower().endswith(("p", "pkts", "packets"))
+
+
+def routes(spec: Spec, hosts: dict[str, Host]) -> dict[str, list[tuple[str, str]]]:
+    """Per host, (subnet, next-hop address) for every subnet not directly attached (BFS)."""
+    adj: dict[str, list[Interface]] = {n: h.interfaces for n, h in hosts.items()}
+    out: dict[str, list[tuple[str, str]]] = {}
+    for name, host in hosts.items():
+        first_hop: dict[str, Interface] = {}
+        seen, todo = {name}, deque()
+        for iface in adj[name]:
+            if iface.peer not in seen:
+                seen.add(iface.peer)
+                first_hop[iface.peer] = iface
+                todo.append(iface.peer)
+        while todo:
+            node = todo.popleft()
+            for iface in adj[node]:
+                if iface.peer not in seen and hosts[node].role == "router":
+                    seen.add(iface.peer)
+                    first_hop[iface.peer] = first_hop[node]
+                    todo.append(iface.peer)
+        direct = {str(ipaddress.IPv4Interface(i.address).network) for i in host.interfaces}
+        rts: dict[str, str] = {}
+        for node, hop in first_hop.items():
+            for iface in hosts[node].interfaces:
+                net = str(ipaddress.IPv4Interface(iface.address).network)
+                if net not in direct and net not in rts:
+                    rts[net] = hop.peer_ip
+        out[name] = sorted(rts.items())
+    return out
+
+
+def up(spec: Spec) -> NetnsTestbed:
+    """Build the testbed. On failure everything built so far is torn down again."""
+    if os.geteuid() != 0:
+        raise UserError("building namespaces needs root (run as root or with sudo)")
+    if (STATE_ROOT / spec.name / "state.json").exists() or _namespaces(spec.name):
+        raise UserError(f"a testbed named {spec.name!r} is already up; run `testbed down {spec.name}` first")
+    hosts, bottleneck = plan(spec)
+    tb = NetnsTestbed(spec.name, spec.model_dump(mode="json"), hosts, bottleneck)
+    tb.status = "building"
+    tb.save()  # first, so `down` can clean up after a kill -9 in the middle of `up`
+    try:
+        _build(tb, spec)
+    except BaseException:
+        down(spec.name)
+        raise
+    tb.status = "up"
+    tb.save()
+    return tb
+
+
+def _build(tb: NetnsTestbed, spec: Spec) -> None:
+    for h in spec.hosts:
+        ns = tb.hosts[h.name].netns
+        _sh(["ip", "netns", "add", ns])
+        _sh(["ip", "-n", ns, "link", "set", "lo", "up"])
+        if h.tcp.cc not in kernel.available_ccs():
+            raise UserError(f"{spec.source}: hosts: {h.name}: tcp.cc: congestion control {h.tcp.cc!r} "
+                            f"is not available here (available: {', '.join(kernel.available_ccs())})")
+        # A namespace may only default to a CC in the root namespace's allowed list (cubic
+        # is not, on this machine), so the CC is set on every route instead (see _routes).
+        sysctls = ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1",
+                   f"net.ipv4.tcp_ecn={h.tcp.ecn}",
+                   f"net.ipv4.ip_forward={1 if h.role == 'router' else 0}"]
+        _sh(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", *sysctls])
+    for lk in spec.links:
+        a, b = tb.hosts[lk.a], tb.hosts[lk.b]
+        ia, ib = a.iface_to(lk.b), b.iface_to(lk.a)
+        _sh(["ip", "link", "add", ia.name, "netns", a.netns, "type", "veth",
+             "peer", "name", ib.name, "netns", b.netns])
+        for host, iface in ((a, ia), (b, ib)):
+            _sh(["ip", "-n", host.netns, "addr", "add", iface.address, "dev", iface.name])
+            _sh(["ip", "netns", "exec", host.netns, "ethtool", "-K", iface.name,
+                 "tso", "off", "gso", "off", "gro", "off"])
+            _sh(["ip", "-n", host.netns, "link", "set", iface.name, "up"])
+    _routes(tb, spec)
+    link.install_shaper(tb)
+    link.start_delay(tb)
+
+
+def _routes(tb: NetnsTestbed, spec: Spec) -> None:
+    """Static routes, each carrying the host's congestion control (`congctl`), so every TCP
+    connection gets the spec's CC without touching the namespace default."""
+    for name, rts in routes(spec, tb.hosts).items():
+        host = tb.hosts[name]
+        cc = ["congctl", spec.host(name).tcp.cc]
+        for iface in host.interfaces:
+            net = str(ipaddress.IPv4Interface(iface.address).network)
+            _sh(["ip", "-n", host.netns, "route", "replace", net, "dev", iface.name, "proto", "kernel",
+                 "scope", "link", "src", iface.ip, *cc])
+        for net, via in rts:
+            _sh(["ip", "-n", host.netns, "route", "add", net, "via", via, *cc])
+
+
+# ---------------------------------------------------------------- tearing down
+
+
+def _namespaces(name: str) -> list[str]:
+    prefix = f"{NS_PREFIX}{name}-"
+    out = _sh(["ip", "netns", "list"], check=False).stdout.split("\n")
+    return [line.split()[0] for line in out if line.startswith(prefix)]
+
+
+def down(name: str) -> list[str]:
+    """Remove everything of testbed `name`; idempotent. Returns what was removed."""
+    removed: list[str] = []
+    state = STATE_ROOT / name / "state.json"
+    cleanups: list[dict[str, str]] = []
+    pids: list[int] = []
+    if state.exists():
+        try:
+            data = json.loads(state.read_text())
+            cleanups, pids = data.get("cleanups", []), [p["pid"] for p in data.get("processes", [])]
+        except (ValueError, KeyError, TypeError):
+            removed.append(f"unreadable state file {state}")
+    namespaces = _namespaces(name)
+    for ns in namespaces:
+        pids += [int(p) for p in _sh(["ip", "netns", "pids", ns], check=False).stdout.split()]
+    _kill(pids, removed)
+    for item in cleanups:
+        _undo(item, removed)
+    for ns in namespaces:
+        _sh(["ip", "netns", "del", ns], check=False)
+        removed.append(f"namespace {ns}")
+    bpffs = STATE_ROOT / name / "bpffs"
+    if os.path.ismount(bpffs):
+        _sh(["umount", str(bpffs)], check=False)
+        removed.append(f"mount {bpffs}")
+    if (STATE_ROOT / name).exists():
+        _sh(["rm", "-rf", "--one-file-system", str(STATE_ROOT / name)], check=False)
+    return removed
+
+
+def _kill(pids: list[int], removed: list[str]) -> None:
+    pids = sorted(set(pids))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+                alive.append(pid)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if not alive:
+            return
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and any(_alive(p) for p in alive):
+            time.sleep(0.02)
+        removed.extend(f"process {p}" for p in alive if sig == signal.SIGTERM)
+        pids = [p for p in alive if _alive(p)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie child of ours is as good as gone
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def _undo(item: dict[str, str], removed: list[str]) -> None:
+    kind, value = item.get("kind"), item.get("value", "")
+    if kind == "struct_ops":
+        _sh(["bpftool", "struct_ops", "unregister", "name", value], check=False)
+        removed.append(f"struct_ops {value}")
+    elif kind == "mount":
+        _sh(["umount", value], check=False)
+        removed.append(f"mount {value}")
+    elif kind == "root-process":
+        try:
+            os.kill(int(value), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass

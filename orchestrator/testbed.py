@@ -1,0 +1,236 @@
+"""A testbed that is up: its hosts, links and the processes it runs.
+
+Workloads, capture and datapaths only talk to this class, so they do not care whether hosts
+are network namespaces on this machine or real machines over SSH. What is up is kept in a
+state file under STATE_ROOT/<name>/state.json, so `testbed down` works from another shell
+and after the orchestrator was killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import UserError
+
+STATE_ROOT = Path(os.environ.get("TESTBED_STATE_DIR", "/run/testbed"))
+
+
+@dataclass
+class Interface:
+    name: str  # the interface name inside the host
+    address: str  # CIDR, e.g. 10.0.1.1/24
+    peer: str  # host at the other end
+    peer_address: str
+    link: int  # index into spec.links
+
+    @property
+    def ip(self) -> str:
+        return self.address.split("/")[0]
+
+    @property
+    def peer_ip(self) -> str:
+        return self.peer_address.split("/")[0]
+
+
+@dataclass
+class Host:
+    name: str
+    role: str
+    netns: str  # namespace name ('' for a host reached over SSH)
+    interfaces: list[Interface] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        """The host's main IPv4 address (of its first interface)."""
+        return self.interfaces[0].ip
+
+    def iface_to(self, peer: str) -> Interface:
+        return next(i for i in self.interfaces if i.peer == peer)
+
+
+@dataclass
+class Bottleneck:
+    router: str  # host that shapes
+    egress: str  # interface on the router towards the receivers (shaped)
+    ingress: list[str]  # the router's other interfaces (towards the senders)
+    rate_bps: float
+    forward_delay_s: float
+    reverse_delay_s: float
+    buffer_pkts: int
+    buffer_bytes: int
+    delay_mode: str  # 'netem' or 'nfqueue'
+    # per-host extra one-way delay (access links), by IP address
+    extra_delay_s: dict[str, float] = field(default_factory=dict)
+    buffer_in: str = "packets"  # how the spec gave the buffer: 'packets' or 'bytes'
+
+    @property
+    def rtt_s(self) -> float:
+        return self.forward_delay_s + self.reverse_delay_s
+
+
+@dataclass
+class Process:
+    host: str
+    pid: int
+    argv: list[str]
+    tag: str  # what it is: 'delayline', 'iperf3-server', 'tcpdump', ...
+
+
+class Testbed:
+    """Runs commands on hosts. Subclasses (providers) say how."""
+
+    provider = "base"
+
+    def __init__(self, name: str, spec: dict[str, Any], hosts: dict[str, Host],
+                 bottleneck: Bottleneck, extra: dict[str, Any] | None = None) -> None:
+        self.name = name
+        self.spec_data = spec  # the validated spec as plain data (model_dump)
+        self.hosts = hosts
+        self.bottleneck = bottleneck
+        self.processes: list[Process] = []
+        self.cleanups: list[dict[str, str]] = []  # things `down` must undo, like struct_ops
+        self.extra = extra or {}
+        self.status = "up"
+
+    # ---- where state lives
+    @property
+    def state_dir(self) -> Path:
+        return STATE_ROOT / self.name
+
+    def save(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        data = {
+            "name": self.name, "provider": self.provider, "status": self.status,
+            "spec": self.spec_data,
+            "hosts": {k: asdict(v) for k, v in self.hosts.items()},
+            "bottleneck": asdict(self.bottleneck),
+            "processes": [asdict(p) for p in self.processes],
+            "cleanups": self.cleanups, "extra": self.extra,
+        }
+        tmp = self.state_dir / "state.json.tmp"
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, self.state_dir / "state.json")
+
+    # ---- running things
+    def argv_on(self, host: str, argv: Sequence[str]) -> list[str]:
+        """The argv that runs `argv` on `host` from this machine."""
+        raise NotImplementedError
+
+    def run(self, host: str, argv: Sequence[str], check: bool = True,
+            timeout: float | None = 60, input: str | None = None) -> subprocess.CompletedProcess:
+        """Run a command on a host and wait. Raises UserError when check and it fails."""
+        full = self.argv_on(host, argv)
+        try:
+            res = subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=input)
+        except subprocess.TimeoutExpired:
+            raise UserError(f"{host}: timed out after {timeout}s: {' '.join(argv)}") from None
+        if check and res.returncode != 0:
+            raise UserError(f"{host}: command failed ({res.returncode}): {' '.join(argv)}: "
+                            f"{res.stderr.strip()[-500:]}")
+        return res
+
+    def popen(self, host: str, argv: Sequence[str], tag: str, stdout: Any = subprocess.DEVNULL,
+              stderr: Any = subprocess.DEVNULL, **kw: Any) -> subprocess.Popen:
+        """Start a background process on a host; it is recorded so `down` can stop it."""
+        proc = subprocess.Popen(self.argv_on(host, argv), stdout=stdout, stderr=stderr,
+                                start_new_session=True, **kw)
+        self.processes.append(Process(host, proc.pid, list(argv), tag))
+        self.save()
+        return proc
+
+    def stop(self, proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 5) -> int:
+        """Stop a process started with popen, forget it, and return its exit code."""
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.processes = [p for p in self.processes if p.pid != proc.pid]
+        self.save()
+        return proc.returncode
+
+    def add_cleanup(self, kind: str, value: str) -> None:
+        """Remember something `down` must undo (kinds are handled by the provider)."""
+        self.cleanups.append({"kind": kind, "value": value})
+        self.save()
+
+    def remove_cleanup(self, kind: str, value: str) -> None:
+        self.cleanups = [c for c in self.cleanups if c != {"kind": kind, "value": value}]
+        self.save()
+
+    # ---- convenience
+    def host(self, name: str) -> Host:
+        try:
+            return self.hosts[name]
+        except KeyError:
+            raise UserError(f"no host {name!r} in testbed {self.name!r} "
+                            f"(hosts: {', '.join(self.hosts)})") from None
+
+    def sysctl(self, host: str, key: str, value: str | int) -> None:
+        self.run(host, ["sysctl", "-q", "-w", f"{key}={value}"])
+
+    def spec(self) -> Any:
+        from orchestrator.spec import Spec
+
+        return Spec.model_validate(self.spec_data)
+
+    def bpffs(self) -> Path:
+        """A bpffs mount of this testbed's own, for pinning maps and programs."""
+        raise NotImplementedError
+
+    def wait_port(self, host: str, port: int, timeout: float = 5.0) -> None:
+        """Wait until a TCP port listens on host."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.run(host, ["ss", "-Hltn", f"sport = :{port}"], check=False).stdout
+            if out.strip():
+                return
+            time.sleep(0.05)
+        raise UserError(f"{host}: nothing listens on port {port} after {timeout}s")
+
+
+def load(name: str | None = None) -> Testbed:
+    """The testbed that is up under `name` (or the only one up)."""
+    name = name or only_up()
+    path = STATE_ROOT / name / "state.json"
+    if not path.exists():
+        raise UserError(f"no testbed named {name!r} is up (no {path})")
+    data = json.loads(path.read_text())
+    hosts = {k: Host(**{**v, "interfaces": [Interface(**i) for i in v["interfaces"]]})
+             for k, v in data["hosts"].items()}
+    from orchestrator.providers import provider_class
+
+    tb = provider_class(data["provider"])(data["name"], data["spec"], hosts,
+                                          Bottleneck(**data["bottleneck"]), data.get("extra"))
+    tb.processes = [Process(**p) for p in data["processes"]]
+    tb.cleanups = data["cleanups"]
+    tb.status = data["status"]
+    return tb
+
+
+def names_up() -> list[str]:
+    if not STATE_ROOT.exists():
+        return []
+    return sorted(p.parent.name for p in STATE_ROOT.glob("*/state.json"))
+
+
+def only_up() -> str:
+    up = names_up()
+    if len(up) == 1:
+        return up[0]
+    if not up:
+        raise UserError("no testbed is up; start one with `testbed up testbeds/mininet-like.yaml`")
+    raise UserError(f"several testbeds are up ({', '.join(up)}); name one")

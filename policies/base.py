@@ -1,0 +1,190 @@
+"""The contract between AQM policies and datapaths.
+
+A policy is pure logic: it sees a `QueueState` every `tupdate` and answers with a `Decision`,
+a per-class distribution over {enqueue, drop, mark}. A datapath (kernel qdisc, eBPF, NFQUEUE)
+applies the decision per packet by a coin toss. Policies that must act per packet (CoDel)
+also implement `on_dequeue`, which only datapaths with a per-packet hook (nfqueue) call.
+
+Nothing here does I/O, so the same policy object runs in every datapath and in unit tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+CLASSES = ("l4s", "classic")
+
+
+class Action(enum.IntEnum):
+    """What happens to one packet. Values are stable: they are logged in telemetry."""
+
+    ENQUEUE = 0
+    DROP = 1
+    MARK = 2  # CE-mark; a Not-ECT packet that draws MARK is dropped instead (RFC 3168)
+
+
+@dataclass(frozen=True)
+class ClassState:
+    """One queue class as seen over the last update interval."""
+
+    sojourn_ms: float = 0.0  # mean sojourn of packets dequeued in the interval (0 if none)
+    sojourn_max_ms: float = 0.0  # max sojourn in the interval
+    head_sojourn_ms: float = 0.0  # age of the packet at the head now (0 if empty)
+    backlog_bytes: int = 0
+    backlog_pkts: int = 0
+    arrival_bps: float = 0.0
+    departure_bps: float = 0.0
+    arrivals: int = 0  # packets arrived in the interval
+    drops: int = 0  # packets dropped in the interval (AQM and overflow)
+    marks: int = 0  # packets CE-marked in the interval
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """What a policy sees every tupdate. `history` holds the last few values per class."""
+
+    t: float  # seconds since the datapath started
+    dt: float  # seconds since the previous update
+    link_rate_bps: float
+    l4s: ClassState = field(default_factory=ClassState)
+    classic: ClassState = field(default_factory=ClassState)
+    # per class, oldest first, the last HISTORY_LEN values of sojourn_ms and arrival_bps;
+    # shorter at the start of a run
+    sojourn_history: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    rate_history: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def of(self, cls: str) -> ClassState:
+        return self.l4s if cls == "l4s" else self.classic
+
+    def total_backlog_bytes(self) -> int:
+        return self.l4s.backlog_bytes + self.classic.backlog_bytes
+
+    def flat(self) -> dict[str, float]:
+        """A flat row of scalars (control-loop Parquet columns, model features)."""
+        row: dict[str, float] = {"t": self.t, "dt": self.dt, "link_rate_bps": self.link_rate_bps}
+        for cls in CLASSES:
+            for key, value in dataclasses.asdict(self.of(cls)).items():
+                row[f"{cls}_{key}"] = float(value)
+        return row
+
+
+HISTORY_LEN = 16
+
+
+@dataclass(frozen=True)
+class ClassDecision:
+    """Probabilities for one class; p_enqueue = 1 - p_drop - p_mark."""
+
+    p_drop: float = 0.0
+    p_mark: float = 0.0
+    # L4S native AQM: CE-mark every packet whose sojourn exceeds this (ms); None disables
+    step_threshold_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.p_drop <= 1.0 and 0.0 <= self.p_mark <= 1.0):
+            raise ValueError(f"probabilities out of [0, 1]: {self}")
+        if self.p_drop + self.p_mark > 1.0 + 1e-9:
+            raise ValueError(f"p_drop + p_mark > 1: {self}")
+
+    @property
+    def p_enqueue(self) -> float:
+        return max(0.0, 1.0 - self.p_drop - self.p_mark)
+
+
+@dataclass(frozen=True)
+class Decision:
+    l4s: ClassDecision = field(default_factory=ClassDecision)
+    classic: ClassDecision = field(default_factory=ClassDecision)
+
+    def of(self, cls: str) -> ClassDecision:
+        return self.l4s if cls == "l4s" else self.classic
+
+    def flat(self) -> dict[str, float]:
+        row: dict[str, float] = {}
+        for cls in CLASSES:
+            d = self.of(cls)
+            row[f"{cls}_p_drop"] = d.p_drop
+            row[f"{cls}_p_mark"] = d.p_mark
+            row[f"{cls}_step_ms"] = -1.0 if d.step_threshold_ms is None else d.step_threshold_ms
+        return row
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """Static shape a policy asks of the datapath's queues."""
+
+    dualq: bool = False  # separate L (ECT(1), CE) and C queues with the DualQ scheduler
+    c_protection: float = 0.10  # share of the link the C queue is guaranteed (RFC 9332 WRR)
+    limit_pkts: int | None = None  # None: the testbed's buffer
+    tupdate_s: float = 0.016
+
+
+class ParamError(ValueError):
+    """A policy parameter had a bad name or value; the message names the key."""
+
+
+@dataclass
+class Params:
+    """Base for each policy's parameter dataclass. Field metadata 'help' documents a field."""
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> Params:
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, raw in args.items():
+            if key not in fields:
+                raise ParamError(f"unknown parameter '{key}' (expected one of: {', '.join(fields)})")
+            values[key] = _coerce(key, raw, fields[key])
+        return cls(**values)
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, Any, str]]:
+        """(name, default, help) per parameter, for `testbed policies`."""
+        out = []
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            out.append((f.name, default, f.metadata.get("help", "")))
+        return out
+
+
+def _coerce(key: str, raw: Any, f: dataclasses.Field) -> Any:
+    kind = f.type if isinstance(f.type, type) else {"float": float, "int": int, "bool": bool,
+                                                       "str": str}.get(str(f.type).split(" ")[0])
+    if kind is None or not isinstance(raw, str):
+        return raw
+    try:
+        if kind is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        return kind(raw)
+    except ValueError:
+        raise ParamError(f"parameter '{key}': expected {kind.__name__}, got '{raw}'") from None
+
+
+class Policy:
+    """Base class. Subclasses set `name`, `Params`, and implement `update`."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[Params]] = Params
+    # datapaths that can run this policy; `per_packet` policies need a per-packet hook
+    datapaths: ClassVar[tuple[str, ...]] = ("nfqueue", "ebpf", "kernel")
+    per_packet: ClassVar[bool] = False
+
+    def __init__(self, params: Params | None = None) -> None:
+        self.params = params if params is not None else self.Params()
+
+    def queue_config(self) -> QueueConfig:
+        return QueueConfig()
+
+    def update(self, state: QueueState) -> Decision:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def on_dequeue(self, cls: str, sojourn_s: float, now: float, backlog_bytes: int) -> Action:
+        """Per-packet hook at dequeue (only nfqueue calls it). Default: follow the decision."""
+        return Action.ENQUEUE
