@@ -12,6 +12,8 @@ Delay: netem where the kernel has it, else the project's NFQUEUE delay line (del
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 
 from orchestrator.testbed import Testbed
@@ -112,3 +114,48 @@ def _python() -> str:
     import sys
 
     return sys.executable
+
+
+def stop_delay(tb: Testbed) -> None:
+    """Stop the delay line (or remove netem) and its rules."""
+    bn = tb.bottleneck
+    if bn.delay_mode == "netem":
+        for iface in tb.host(bn.router).interfaces:
+            if iface.name != bn.egress:
+                tb.run(bn.router, ["tc", "qdisc", "del", "dev", iface.name, "root"], check=False)
+        receiver = tb.host(next(i.peer for i in tb.host(bn.router).interfaces if i.name == bn.egress))
+        tb.run(receiver.name, ["tc", "qdisc", "del", "dev", receiver.iface_to(bn.router).name, "root"],
+               check=False)
+        return
+    tb.run(bn.router, ["iptables", "-t", "mangle", "-F", "FORWARD"], check=False)
+    for proc in [p for p in tb.processes if p.tag == "delayline"]:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    tb.processes = [p for p in tb.processes if p.tag != "delayline"]
+    tb.save()
+
+
+def reconfigure(tb: Testbed, rate_bps: float | None = None, rtt_s: float | None = None,
+                buffer: str | int | None = None) -> None:
+    """Change the bottleneck's rate, base RTT or buffer in place (for sweeps)."""
+    from orchestrator.spec import _parse_buffer
+
+    bn = tb.bottleneck
+    if rate_bps is not None:
+        bn.rate_bps = rate_bps
+    if rtt_s is not None:
+        share = bn.forward_delay_s / bn.rtt_s if bn.rtt_s > 0 else 0.0
+        bn.forward_delay_s, bn.reverse_delay_s = rtt_s * share, rtt_s * (1 - share)
+    if buffer is not None or rate_bps is not None or rtt_s is not None:
+        spec_buffer = buffer if buffer is not None else tb.extra.get("buffer_spec", "1.5bdp")
+        tb.extra["buffer_spec"] = spec_buffer
+        bn.buffer_pkts, bn.buffer_bytes = _parse_buffer(spec_buffer, bn.rate_bps, bn.rtt_s)
+        bn.buffer_in = "packets" if isinstance(spec_buffer, int) or str(spec_buffer).strip().lower() \
+            .endswith(("p", "pkts", "packets")) else "bytes"
+    tb.save()
+    install_shaper(tb)
+    if rtt_s is not None:
+        stop_delay(tb)
+        start_delay(tb)

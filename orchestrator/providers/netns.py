@@ -131,7 +131,8 @@ def up(spec: Spec) -> NetnsTestbed:
     if (STATE_ROOT / spec.name / "state.json").exists() or _namespaces(spec.name):
         raise UserError(f"a testbed named {spec.name!r} is already up; run `testbed down {spec.name}` first")
     hosts, bottleneck = plan(spec)
-    tb = NetnsTestbed(spec.name, spec.model_dump(mode="json"), hosts, bottleneck)
+    tb = NetnsTestbed(spec.name, spec.model_dump(mode="json"), hosts, bottleneck,
+                      extra={"buffer_spec": spec.bottleneck.buffer})
     tb.status = "building"
     tb.save()  # first, so `down` can clean up after a kill -9 in the middle of `up`
     try:

@@ -1,0 +1,93 @@
+"""A Sweep: the cross product of a scenario's `sweep` lists, with repetitions, resumable.
+
+The sweep's directory holds `sweep.json` (every point, its seed, its run directory and status)
+and the runs themselves. `testbed run --resume DIR` runs only the points not yet complete.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from orchestrator import link, results, units
+from orchestrator.run import Progress, Run, RunConfig
+from orchestrator.scenario import Scenario
+from orchestrator.testbed import Testbed
+
+
+def points(sweep: dict[str, list[Any]], repeat: int, seed: int) -> list[dict[str, Any]]:
+    keys = sorted(sweep)
+    out = []
+    for values in itertools.product(*(sweep[k] for k in keys)):
+        for rep in range(repeat):
+            out.append({"point": dict(zip(keys, values, strict=True)), "repeat": rep, "seed": seed + rep,
+                        "run": None, "status": "pending"})
+    return out
+
+
+def create(root: Path, scenario: Scenario, base: RunConfig, repeat: int) -> Path:
+    sweep_dir = root / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    sweep_dir.mkdir(parents=True)
+    results.write_json(sweep_dir / "sweep.json", {
+        "scenario": scenario.model_dump(mode="json"),
+        "base": {"policy": base.policy, "datapath": base.datapath, "policy_args": base.policy_args,
+                 "duration_s": base.duration_s},
+        "points": points(scenario.sweep or {"policy": [base.policy]}, repeat, base.seed)})
+    return sweep_dir
+
+
+def pending(sweep_dir: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    data = results.read_json(sweep_dir / "sweep.json")
+    for i, p in enumerate(data["points"]):
+        if p["status"] != "complete":
+            yield i, p
+
+
+def execute(tb: Testbed, sweep_dir: Path, progress: Progress | None = None,
+            on_run: Callable[[Path], None] | None = None) -> list[Path]:
+    """Run every pending point; restore the testbed's link afterwards."""
+    data = results.read_json(sweep_dir / "sweep.json")
+    scenario = Scenario.model_validate(data["scenario"])
+    base = data["base"]
+    saved = (tb.bottleneck.rate_bps, tb.bottleneck.rtt_s, tb.extra.get("buffer_spec"))
+    done = []
+    try:
+        for i, p in pending(sweep_dir):
+            point = p["point"]
+            _apply_link(tb, point)
+            config = RunConfig(policy=point.get("policy", base["policy"]),
+                               datapath=point.get("datapath", base["datapath"]),
+                               policy_args=base["policy_args"], duration_s=base["duration_s"],
+                               seed=p["seed"], results_root=sweep_dir, label=point)
+            run = Run(tb, scenario, config)
+            try:
+                run_dir = run.execute(progress)
+                _set(sweep_dir, i, run=run_dir.name, status="complete")
+            except BaseException:
+                if run.dir is not None:
+                    _set(sweep_dir, i, run=run.dir.name, status="aborted")
+                raise
+            done.append(run_dir)
+            if on_run:
+                on_run(run_dir)
+    finally:
+        if any(k in p["point"] for p in data["points"] for k in ("rate", "rtt", "buffer")):
+            link.reconfigure(tb, rate_bps=saved[0], rtt_s=saved[1], buffer=saved[2])
+    return done
+
+
+def _apply_link(tb: Testbed, point: dict[str, Any]) -> None:
+    if not any(k in point for k in ("rate", "rtt", "buffer")):
+        return
+    link.reconfigure(tb, rate_bps=units.rate_bps(point["rate"]) if "rate" in point else None,
+                     rtt_s=units.seconds(point["rtt"]) if "rtt" in point else None,
+                     buffer=point.get("buffer"))
+
+
+def _set(sweep_dir: Path, index: int, **values: Any) -> None:
+    data = results.read_json(sweep_dir / "sweep.json")
+    data["points"][index].update(values)
+    results.write_json(sweep_dir / "sweep.json", data)
