@@ -138,7 +138,36 @@ class Scenario(BaseModel):
             if flow.start_s >= self.duration_s:
                 raise SpecError(source, f"{path}.start",
                                 f"starts at {flow.start} but the scenario lasts {self.duration}")
-        for key in self.sweep:
-            if key not in ("policy", "rate", "rtt", "buffer", "datapath"):
+        for key, values in self.sweep.items():
+            if key not in SWEEP_CHECKS:
                 raise SpecError(source, f"{prefix}sweep.{key}",
                                 "unknown sweep key (expected policy, rate, rtt, buffer or datapath)")
+            if not values:
+                raise SpecError(source, f"{prefix}sweep.{key}", "expected a non-empty list")
+            for j, value in enumerate(values):
+                try:
+                    SWEEP_CHECKS[key](value)
+                except ValueError as e:
+                    raise SpecError(source, f"{prefix}sweep.{key}[{j}]", str(e)) from None
+
+
+def _check_name(value: Any) -> None:
+    if not isinstance(value, str) or not re.match(r"^[a-z][a-z0-9-]*$", value):
+        raise ValueError(f"expected a name like 'dualpi2', got {value!r}")
+
+
+def _check_buffer(value: Any) -> None:
+    from orchestrator.spec import _parse_buffer
+
+    _parse_buffer(value, 1e6, 0.02)
+
+
+def _check_positive(parse: Any) -> Any:
+    def check(value: Any) -> None:
+        if parse(value) <= 0:
+            raise ValueError(f"expected a positive value, got {value!r}")
+    return check
+
+
+SWEEP_CHECKS = {"policy": _check_name, "datapath": _check_name, "buffer": _check_buffer,
+                "rate": _check_positive(units.rate_bps), "rtt": _check_positive(units.seconds)}

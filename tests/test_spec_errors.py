@@ -48,6 +48,10 @@ CASES = {
                               "scenario.flows[0]", "needs a 'rate'"),
     "unknown flow kind": (GOOD + "scenario:\n  flows:\n    - {name: f, kind: quic, src: s1, dst: rx}\n",
                           "scenario.flows[0].kind", "'tcp'"),
+    "bad sweep value": (GOOD + "scenario:\n  flows:\n    - {name: f, kind: tcp, src: s1, dst: rx}\n"
+                        "  sweep: {rate: [10mbit, fast]}\n", "scenario.sweep.rate[1]", "unit"),
+    "unknown sweep key": (GOOD + "scenario:\n  flows:\n    - {name: f, kind: tcp, src: s1, dst: rx}\n"
+                          "  sweep: {colour: [red]}\n", "scenario.sweep.colour", "unknown sweep key"),
 }
 
 
