@@ -93,6 +93,21 @@ class ClassDecision:
     def p_enqueue(self) -> float:
         return max(0.0, 1.0 - self.p_drop - self.p_mark)
 
+    def action(self, u: float, sojourn_ms: float = 0.0, ecn_capable: bool = True) -> Action:
+        """The reference per-packet reading of this decision; `u` is a uniform draw in [0, 1).
+
+        The coin's drop comes first, then the step (every packet whose sojourn exceeds the
+        threshold is marked, as in Linux sch_dualpi2), then the coin's mark. A mark on a
+        Not-ECT packet is a drop (RFC 3168; Linux do_step_aqm() drops a stepped Not-ECT packet
+        too). Datapaths should read decisions this way; tests use it.
+        """
+        if u < self.p_drop:
+            return Action.DROP
+        stepped = self.step_threshold_ms is not None and sojourn_ms > self.step_threshold_ms
+        if stepped or u < self.p_drop + self.p_mark:
+            return Action.MARK if ecn_capable else Action.DROP
+        return Action.ENQUEUE
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -150,6 +165,12 @@ class Params:
         return out
 
 
+def require(ok: bool, key: str, expected: str, value: Any) -> None:
+    """For range checks in a Params' __post_init__: a ParamError naming `key` unless `ok`."""
+    if not ok:
+        raise ParamError(f"parameter '{key}': expected {expected}, got {value!r}")
+
+
 def _coerce(key: str, raw: Any, f: dataclasses.Field) -> Any:
     kind = f.type if isinstance(f.type, type) else {"float": float, "int": int, "bool": bool,
                                                        "str": str}.get(str(f.type).split(" ")[0])
@@ -186,5 +207,10 @@ class Policy:
         raise NotImplementedError
 
     def on_dequeue(self, cls: str, sojourn_s: float, now: float, backlog_bytes: int) -> Action:
-        """Per-packet hook at dequeue (only nfqueue calls it). Default: follow the decision."""
+        """Per-packet hook at dequeue (only nfqueue calls it). Default: follow the decision.
+
+        `sojourn_s` is this packet's time in the queue, `now` the dequeue time (seconds, any
+        fixed origin), `backlog_bytes` what is still queued after this packet left (RFC 8289's
+        bytes()). A policy returning DROP gets the next head packet in a following call.
+        """
         return Action.ENQUEUE
