@@ -23,10 +23,10 @@ def cli() -> None:
 def up(file: str) -> None:
     """Build the testbed described by FILE (YAML)."""
     from orchestrator import spec as specmod
-    from orchestrator.providers import netns
+    from orchestrator.providers import netns, ssh
 
     spec = specmod.load(file)
-    tb = netns.up(spec)
+    tb = ssh.up(spec) if spec.provider == "ssh" else netns.up(spec)
     bn = tb.bottleneck
     click.echo(f"testbed {tb.name!r} is up: {len(tb.hosts)} hosts, bottleneck {bn.router}:{bn.egress} "
                f"{bn.rate_bps / 1e6:g} Mbit/s, base RTT {bn.rtt_s * 1e3:g} ms, "
@@ -55,7 +55,7 @@ def down(name: str | None, all_: bool) -> None:
 
 
 def _down_one(name: str) -> list[str]:
-    from orchestrator.providers import netns
+    from orchestrator.providers import netns, ssh
 
     try:
         tb = tbmod.load(name)
@@ -67,6 +67,8 @@ def _down_one(name: str) -> list[str]:
                 cls.clean(tb)
             except Exception as e:  # noqa: BLE001 - down must go on whatever a datapath says
                 click.echo(f"warning: {cls.name} cleanup: {e}", err=True)
+    if tb is not None and tb.provider == "ssh":
+        return ssh.down(name)
     return netns.down(name)
 
 
@@ -123,7 +125,8 @@ def _register_optional() -> None:
     """Commands that live beside the library areas they drive."""
     for mod in ("orchestrator.commands.run", "orchestrator.commands.analysis",
                 "orchestrator.commands.ml", "orchestrator.commands.policies",
-                "orchestrator.commands.bench", "orchestrator.commands.regress"):
+                "orchestrator.commands.bench", "orchestrator.commands.regress",
+                "orchestrator.commands.collect"):
         try:
             module = importlib.import_module(mod)
         except ModuleNotFoundError as e:

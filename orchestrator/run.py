@@ -39,6 +39,7 @@ class RunConfig:
     seed: int = 1
     results_root: Path | None = None
     label: dict[str, Any] = field(default_factory=dict)  # sweep point, for the manifest
+    explore: dict[str, float] | None = None  # exploration noise (policies.explore), for collect
 
 
 def datapath_class(name: str) -> type:
@@ -68,6 +69,10 @@ class Run:
         if not self.scenario.flows:
             raise UserError("the scenario has no flows that start within the run's duration")
         self.policy = policies.make(config.policy, config.policy_args)
+        if config.explore:
+            from policies.explore import Explore
+
+            self.policy = Explore(self.policy, seed=config.seed, **config.explore)
         self.datapath = datapath_class(config.datapath)(testbed)
         self.datapath.check(self.policy)
         self.datapath.seed = config.seed
@@ -88,7 +93,8 @@ class Run:
             "link_rate_mbps": bn.rate_bps / 1e6, "link_rate_bps": bn.rate_bps,
             "rtt_ms": bn.rtt_s * 1e3, "buffer_pkts": bn.buffer_pkts, "buffer_bytes": bn.buffer_bytes,
             "flows": [f.model_dump(mode="json") for f in self.scenario.flows],
-            "sweep_point": self.config.label, "versions": results.versions(), **extra,
+            "sweep_point": self.config.label, "explore": self.config.explore,
+            "versions": results.versions(), **extra,
         }
 
     def execute(self, progress: Progress | None = None) -> Path:

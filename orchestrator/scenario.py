@@ -97,6 +97,7 @@ class FlowSpec(BaseModel):
 class Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    name: str = ""  # for pools and evaluations that hold scenarios out
     duration: str = "10s"
     flows: list[FlowSpec]
     # optional defaults for `testbed run`; the command line wins
