@@ -31,15 +31,17 @@ def install_shaper(tb: Testbed, leaf: list[str] | None = None) -> None:
     arguments, e.g. ['pie', 'target', '15ms'])."""
     bn = tb.bottleneck
     dev = bn.egress
-    tb.run(bn.router, ["tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb",
+    # `replace` of an HTB root that exists is refused ("Change operation not supported"), and
+    # a datapath may have left another shape, so start from an empty root
+    tb.run(bn.router, ["tc", "qdisc", "del", "dev", dev, "root"], check=False)
+    tb.run(bn.router, ["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb",
                        "default", "1"])
-    tb.run(bn.router, ["tc", "class", "replace", "dev", dev, "parent", "1:", "classid", "1:1",
+    tb.run(bn.router, ["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:1",
                        "htb", "rate", _rate(bn.rate_bps), "ceil", _rate(bn.rate_bps)])
     if leaf is None:
         leaf = (["pfifo", "limit", str(bn.buffer_pkts)] if bn.buffer_in == "packets"
                 else ["bfifo", "limit", str(bn.buffer_bytes)])
-    tb.run(bn.router, ["tc", "qdisc", "replace", "dev", dev, "parent", "1:1", "handle", "10:",
-                       *leaf])
+    tb.run(bn.router, ["tc", "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", *leaf])
 
 
 def remove_shaper(tb: Testbed) -> None:
