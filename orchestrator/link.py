@@ -134,9 +134,28 @@ def stop_delay(tb: Testbed) -> None:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
         except ProcessLookupError:
-            pass
+            continue
+        _wait_gone(proc.pid)
     tb.processes = [p for p in tb.processes if p.tag != "delayline"]
     tb.save()
+
+
+def _wait_gone(pid: int, timeout: float = 5.0) -> None:
+    """Wait until pid has exited (its NFQUEUE queues are only free then), else kill it."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.01)
+    os.killpg(pid, signal.SIGKILL)
 
 
 def reconfigure(tb: Testbed, rate_bps: float | None = None, rtt_s: float | None = None,

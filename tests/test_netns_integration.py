@@ -139,3 +139,19 @@ def test_routes_through_two_routers_and_extra_delays(netns_testbed):
     assert 19 < near < 23 and 54 < far < 59, (near, far)
     cc = tb.run("s5", ["ip", "route", "get", rx2]).stdout
     assert "congctl reno" in cc
+
+
+def test_reconfigure_changes_rtt_and_rate_in_place(netns_testbed):
+    from orchestrator import link
+
+    name = unique_name("rc")
+    tb = netns_testbed(dumbbell_yaml(name))
+    rx = tb.host("rx").address
+    link.reconfigure(tb, rate_bps=20e6, rtt_s=0.040, buffer="2bdp")
+    assert 39 < statistics.mean(ping_rtts(tb, "s1", rx, 3, 0.1)) < 43
+    htb = tb.run("r1", ["tc", "class", "show", "dev", "e-rx"]).stdout
+    assert "rate 20Mbit" in htb, htb
+    assert tb.bottleneck.buffer_bytes == 200000  # 2 x 20 Mbit/s x 40 ms
+    assert [p.tag for p in tb.processes] == ["delayline"]
+    link.reconfigure(tb, rate_bps=50e6, rtt_s=0.020, buffer="1.5bdp")
+    assert 19 < statistics.mean(ping_rtts(tb, "s1", rx, 3, 0.1)) < 22
