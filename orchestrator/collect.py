@@ -1,6 +1,6 @@
 """Collect an experience pool, and evaluate policies on held-out scenarios, in the live testbed.
 
-A matrix file (testbeds/collect.yaml) names link settings, flow mixes and behaviour policies.
+A matrix file (scenarios/collect.yaml) names link settings, flow mixes and behaviour policies.
 `plan` draws scenarios from their cross product and sets some aside as held out; `collect` runs
 the others, each with one behaviour policy wrapped in exploration noise, and pools their
 control-loop rows; `evaluate` runs chosen policies closed loop on the held-out scenarios.

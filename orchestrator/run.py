@@ -78,7 +78,7 @@ class Run:
         self.datapath.seed = config.seed
         from orchestrator import workloads
 
-        workloads.validate(testbed, self.scenario.flows)
+        workloads.validate(testbed, self.scenario.flows, self.scenario.duration_s)
         self.dir: Path | None = None
 
     def manifest(self, status: str, **extra: Any) -> dict[str, Any]:
@@ -116,7 +116,8 @@ class Run:
                 with Capture(self.tb, self.dir):
                     workloads.run_flows(self.tb, self.scenario.flows, self.dir,
                                         self.scenario.duration_s,
-                                        on_progress=lambda left: progress("traffic", left))
+                                        on_progress=lambda done, total: progress("traffic",
+                                                                                 total - done))
             finally:
                 progress("stopping", -1)
                 counters = self.datapath.stop() or {}

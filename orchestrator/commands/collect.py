@@ -10,7 +10,7 @@ from orchestrator.commands.run import parse_policy_args
 
 
 @click.command()
-@click.option("--matrix", default="testbeds/collect.yaml", show_default=True,
+@click.option("--matrix", default="scenarios/collect.yaml", show_default=True,
               type=click.Path(dir_okay=False), help="Scenario matrix.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Collection directory (reused to resume).")

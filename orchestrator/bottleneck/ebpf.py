@@ -1,0 +1,210 @@
+"""The 'ebpf' datapath: HTB for the rate, a tc BPF program for the AQM, Python for the policy.
+
+On the router's bottleneck egress the baseline shaper (HTB 1: / 1:1 / pfifo 10:) is replaced
+by a DualQ shape this kernel can build without a dualpi2 qdisc:
+
+    root 1: htb default 12
+      class 1:1   rate R ceil R                   the link
+        class 1:11  rate (1-c)*R ceil R prio 0    L queue (ECT(1), CE), leaf pfifo 11:
+        class 1:12  rate c*R     ceil R prio 1    C queue (the rest),   leaf pfifo 12:
+
+c is the policy's classic protection (QueueConfig.c_protection, 10% for DualPI2): L goes
+first, but when both queues are busy C still gets its guaranteed rate, the role RFC 9332's
+weighted scheduler plays. A clsact egress BPF program (bpf/dualq.c) runs before the root
+qdisc: it classifies, applies the drop/mark probabilities the control loop wrote, step-marks
+the L queue from its in-kernel backlog and logs packets. The agent process
+(ebpf_agent.py) on the router runs the policy every tupdate. If the agent dies, the kernel
+keeps the last decision (fail static) and stop() reports it.
+
+Supports policies that decide per update (probabilities, step threshold); per-packet
+policies (CoDel) need a dequeue hook and run on nfqueue. Probabilities are applied at
+enqueue, as PIE does (Linux dualpi2 tosses its coin at dequeue).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator import link
+from orchestrator.bottleneck import bpfobj
+from orchestrator.bottleneck.base import Datapath
+from orchestrator.errors import UserError
+from orchestrator.testbed import Testbed
+from policies.base import Policy
+
+log = logging.getLogger(__name__)
+
+AGENT = "orchestrator.bottleneck.ebpf_agent"
+AGENT_TAG = "ebpf-agent"
+PIN_SUBDIR = "ebpf"
+CLASS_L, CLASS_C = "1:11", "1:12"
+CLASSIDS = (0x10011, 0x10012)  # skb->priority values for 1:11 and 1:12
+LEAF_HANDLES = (0x110000, 0x120000)  # their pfifo leaves 11: and 12:
+LEAF_SLACK = 64  # the BPF program enforces the limit; the fifos only catch its races
+RECORDS_PER_S = 100_000  # telemetry budget: sample above it
+MIN_RATE_BPS = 1000
+READY_TIMEOUT_S = 60.0  # the agent imports the policy: an AQM-LLM loads torch
+
+
+class EbpfDatapath(Datapath):
+    name = "ebpf"
+
+    def __init__(self, testbed: Testbed, sample_rate: float | None = None) -> None:
+        super().__init__(testbed)
+        self.sample_rate = sample_rate
+        self.agent: subprocess.Popen | None = None
+        self.cfg: dict[str, Any] = {}
+        self.cfg_path: Path | None = None
+
+    def unsupported(self, policy: Policy) -> str | None:
+        why = super().unsupported(policy)
+        if why is None and policy.per_packet:
+            why = (f"policy {policy.name!r} acts per packet at dequeue; the ebpf datapath applies "
+                   f"per-update probabilities only (use the nfqueue datapath)")
+        return why
+
+    # ---- start
+    def start(self, policy: Policy, run_dir: Path) -> None:
+        self.check(policy)
+        tel = run_dir / "telemetry"
+        tel.mkdir(parents=True, exist_ok=True)
+        self.cfg = self._config(policy, tel)
+        self.cfg_path = tel / "ebpf-agent.json"
+        self.cfg_path.write_text(json.dumps(self.cfg, indent=1, default=str))
+        try:
+            self._agent_cmd("setup")
+            qc = policy.queue_config()
+            self._install_dualq(qc.c_protection if qc.dualq else 1.0)  # one queue: all C
+            self._start_agent(tel / "ebpf-agent.log")
+        except BaseException:
+            self.clean(self.testbed)
+            raise
+
+    def _config(self, policy: Policy, tel: Path) -> dict[str, Any]:
+        """What the agent needs: the policy by name and parameters (it builds its own copy:
+        policies are pure), exploration noise if the policy is wrapped in it, the link."""
+        from policies.explore import Explore
+
+        bn, qc = self.testbed.bottleneck, policy.queue_config()
+        seed = getattr(self, "seed", None)  # set by orchestrator.run
+        explore = None
+        if isinstance(policy, Explore):
+            explore = {"epsilon": policy.epsilon, "spread": policy.spread, "hold": policy.hold,
+                       "seed": seed or 0}
+            policy = policy.inner
+        return {
+            "pin_dir": str(self.testbed.bpffs() / PIN_SUBDIR), "obj": str(bpfobj.build("dualq.c")),
+            "ifname": bn.egress, "link_rate_bps": bn.rate_bps, "classids": list(CLASSIDS),
+            "leaf_handles": list(LEAF_HANDLES),
+            "limit_pkts": qc.limit_pkts or bn.buffer_pkts, "single_queue": not qc.dualq,
+            "sample_every": self._sample_every(bn.rate_bps),
+            "policy": policy.name, "policy_args": _params(policy), "explore": explore,
+            "tupdate_s": qc.tupdate_s,
+            "out_dir": str(tel), "stats_file": str(tel / "ebpf-agent-stats.json"),
+        }
+
+    def _sample_every(self, rate_bps: float) -> int:
+        if self.sample_rate is not None:
+            if not 0 < self.sample_rate <= 1:
+                raise UserError(f"ebpf sample_rate: expected a value in (0, 1], got {self.sample_rate}")
+            return max(1, round(1 / self.sample_rate))
+        return max(1, math.ceil(rate_bps / (1500 * 8) / RECORDS_PER_S))
+
+    def _install_dualq(self, c_protection: float) -> None:
+        bn, run = self.testbed.bottleneck, self._tc
+        rate = bn.rate_bps
+        leaf = str(self.cfg["limit_pkts"] + LEAF_SLACK)
+        run(["qdisc", "del", "dev", bn.egress, "root"], check=False)
+        run(["qdisc", "add", "dev", bn.egress, "root", "handle", "1:", "htb", "default", "12"])
+        run(["class", "add", "dev", bn.egress, "parent", "1:", "classid", "1:1", "htb",
+             "rate", _bits(rate), "ceil", _bits(rate)])
+        for classid, share, prio in ((CLASS_L, 1 - c_protection, "0"), (CLASS_C, c_protection, "1")):
+            run(["class", "add", "dev", bn.egress, "parent", "1:1", "classid", classid, "htb",
+                 "rate", _bits(max(share * rate, MIN_RATE_BPS)), "ceil", _bits(rate), "prio", prio])
+            run(["qdisc", "add", "dev", bn.egress, "parent", classid,
+                 "handle", classid.split(":")[1] + ":", "pfifo", "limit", leaf])
+        run(["qdisc", "add", "dev", bn.egress, "clsact"])
+        run(["filter", "add", "dev", bn.egress, "egress", "prio", "1", "handle", "1", "bpf", "da",
+             "object-pinned", str(Path(self.cfg["pin_dir"]) / "prog_egress")])
+
+    def _start_agent(self, log_path: Path) -> None:
+        with open(log_path, "wb") as out:
+            self.agent = self.testbed.popen(self.testbed.bottleneck.router, self._agent_argv("run"),
+                                            tag=AGENT_TAG, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while b"ebpf agent ready" not in log_path.read_bytes():
+            if self.agent.poll() is not None or time.monotonic() > deadline:
+                raise UserError(f"the ebpf agent did not start: {log_path.read_text()[-1500:]}")
+            time.sleep(0.02)
+
+    # ---- stop
+    def stop(self) -> dict[str, Any]:
+        counters: dict[str, Any] = {"datapath": self.name}
+        if self.agent is not None:
+            rc = self.agent.poll()
+            counters["agent_died"] = rc is not None
+            if rc is not None:  # fail static: the kernel kept the last decision until now
+                log.warning("the ebpf control agent exited early (code %s); the datapath kept "
+                            "applying its last decision", rc)
+                counters["agent_exit_code"] = rc
+            self.testbed.stop(self.agent)
+            stats = Path(self.cfg["stats_file"])
+            if stats.exists():
+                counters.update(json.loads(stats.read_text()))
+        try:
+            counters.update(json.loads(self._agent_cmd("finish").stdout))
+            counters["sample_rate"] = 1 / self.cfg["sample_every"]
+        finally:
+            self.clean(self.testbed)
+            self.agent = None
+        return counters
+
+    # ---- clean
+    @classmethod
+    def clean(cls, testbed: Testbed) -> None:
+        """Remove the agent, filter, clsact, DualQ shape and pins; restore the baseline
+        shaper. Idempotent, and works after a kill -9 of everything (state from the testbed)."""
+        bn = testbed.bottleneck
+        for proc in [p for p in testbed.processes if p.tag == AGENT_TAG]:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if any(p.tag == AGENT_TAG for p in testbed.processes):
+            testbed.processes = [p for p in testbed.processes if p.tag != AGENT_TAG]
+            testbed.save()
+        testbed.run(bn.router, ["tc", "qdisc", "del", "dev", bn.egress, "clsact"], check=False)
+        classes = testbed.run(bn.router, ["tc", "class", "show", "dev", bn.egress], check=False)
+        if f"htb {CLASS_L} " in classes.stdout:
+            testbed.run(bn.router, ["tc", "qdisc", "del", "dev", bn.egress, "root"], check=False)
+            link.install_shaper(testbed)
+        testbed.run(bn.router, ["rm", "-rf", str(testbed.bpffs() / PIN_SUBDIR)], check=False)
+
+    # ---- helpers
+    def _agent_argv(self, command: str) -> list[str]:
+        return [sys.executable, "-m", AGENT, command, str(self.cfg_path)]
+
+    def _agent_cmd(self, command: str) -> subprocess.CompletedProcess:
+        return self.testbed.run(self.testbed.bottleneck.router, self._agent_argv(command), timeout=60)
+
+    def _tc(self, args: list[str], check: bool = True) -> subprocess.CompletedProcess:
+        return self.testbed.run(self.testbed.bottleneck.router, ["tc", *args], check=check)
+
+
+def _bits(bps: float) -> str:
+    return f"{int(bps)}bit"
+
+
+def _params(policy: Policy) -> dict[str, Any]:
+    import dataclasses
+
+    return {k: v for k, v in dataclasses.asdict(policy.params).items() if v is not None}

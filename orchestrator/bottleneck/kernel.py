@@ -1,0 +1,245 @@
+"""The 'kernel' datapath: a Linux qdisc runs the AQM, as the leaf of the testbed's HTB shaper.
+
+Policy -> qdisc: fifo -> pfifo, red -> red, codel -> codel, pie -> pie, dualpi2 -> dualpi2
+(Linux 6.17+ and an iproute2 that knows it). Parameters map one to one where tc has them; a
+parameter tc cannot express is refused when it differs from what the kernel does, never
+silently dropped. What this kernel (and this tc) lacks is detected before the run, in a
+scratch namespace, and reported exactly: on this machine every AQM qdisc is missing (FACTS).
+
+Telemetry: the kernel keeps no per-packet log, so telemetry/packets holds only a meta.json
+saying so; a poller reads `tc -s -j qdisc` every 100 ms into telemetry/qdisc (backlog,
+drops, marks and whatever the qdisc's xstats hold, such as PIE's probability and delay).
+Sojourn times per packet are not available from a kernel qdisc.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator import link
+from orchestrator.bottleneck.base import Datapath
+from orchestrator.errors import UserError
+from orchestrator.telemetry import PartWriter
+from orchestrator.testbed import Testbed
+from policies.base import Policy
+
+QDISC_OF = {"fifo": "pfifo", "red": "red", "codel": "codel", "pie": "pie", "dualpi2": "dualpi2"}
+LEAF = "10:"
+POLL_S = 0.1
+
+
+class KernelDatapath(Datapath):
+    name = "kernel"
+
+    def __init__(self, testbed: Testbed) -> None:
+        super().__init__(testbed)
+        self.stop_poll = threading.Event()
+        self.poller: threading.Thread | None = None
+        self.writer: PartWriter | None = None
+        self.last: dict[str, Any] = {}
+
+    def unsupported(self, policy: Policy) -> str | None:
+        why = super().unsupported(policy)
+        if why:
+            return why
+        kind = QDISC_OF.get(policy.name)
+        if kind is None:
+            return (f"policy {policy.name!r} has no Linux qdisc (the kernel datapath runs: "
+                    f"{', '.join(QDISC_OF)}); use the ebpf or nfqueue datapath")
+        try:
+            leaf_args(policy, self.testbed.bottleneck.buffer_pkts, self.testbed.bottleneck.rate_bps)
+        except UserError as e:
+            return str(e)
+        return missing(kind)
+
+    def start(self, policy: Policy, run_dir: Path) -> None:
+        self.check(policy)
+        bn = self.testbed.bottleneck
+        # only the leaf changes: the shaper's HTB stays as `up` built it
+        self.testbed.run(bn.router, ["tc", "qdisc", "replace", "dev", bn.egress, "parent", "1:1",
+                                     "handle", LEAF, *leaf_args(policy, bn.buffer_pkts, bn.rate_bps)])
+        tel = run_dir / "telemetry"
+        packets = tel / "packets"
+        packets.mkdir(parents=True, exist_ok=True)
+        (packets / "meta.json").write_text(json.dumps({
+            "sample_rate": 0.0, "datapath": self.name, "per_packet": False,
+            "sojourn": "not available: a kernel qdisc keeps no per-packet log; see telemetry/qdisc"},
+            indent=1))
+        self.writer = PartWriter(tel / "qdisc", meta={"datapath": self.name, "poll_s": POLL_S,
+                                                      "qdisc": QDISC_OF[policy.name]})
+        self.poller = threading.Thread(target=self._poll, name="qdisc-poll", daemon=True)
+        self.poller.start()
+
+    def _poll(self) -> None:
+        next_t = time.monotonic()
+        while not self.stop_poll.wait(max(0.0, next_t - time.monotonic())):
+            next_t += POLL_S
+            row = self._read()
+            if row and self.writer is not None:
+                self.last = row
+                self.writer.add(row)
+
+    def _read(self) -> dict[str, Any] | None:
+        bn = self.testbed.bottleneck
+        res = self.testbed.run(bn.router, ["tc", "-s", "-j", "qdisc", "show", "dev", bn.egress],
+                               check=False)
+        try:
+            qdiscs = json.loads(res.stdout)
+        except ValueError:
+            return None
+        leaf = next((q for q in qdiscs if q.get("handle") == LEAF), None)
+        return None if leaf is None else flat_stats(leaf, time.time())
+
+    def stop(self) -> dict[str, Any]:
+        self.stop_poll.set()
+        if self.poller is not None:
+            self.poller.join(5)
+        if self.writer is not None:
+            self.writer.close()
+        self.clean(self.testbed)
+        return {"datapath": self.name, "per_packet": False,
+                **{k: v for k, v in self.last.items() if k != "t"}}
+
+    @classmethod
+    def clean(cls, testbed: Testbed) -> None:
+        """Rebuild the baseline shaper (HTB with its fifo leaf); idempotent."""
+        bn = testbed.bottleneck
+        testbed.run(bn.router, ["tc", "qdisc", "del", "dev", bn.egress, "root"], check=False)
+        link.install_shaper(testbed)
+
+
+def flat_stats(q: dict[str, Any], t: float) -> dict[str, Any]:
+    """One row from a qdisc in `tc -s -j` form: the common counters and its xstats."""
+    row: dict[str, Any] = {"t": t, "kind": q.get("kind", ""), "backlog_bytes": q.get("backlog", 0),
+                           "backlog_pkts": q.get("qlen", 0), "drops": q.get("drops", 0),
+                           "overlimits": q.get("overlimits", 0), "sent_bytes": q.get("bytes", 0),
+                           "sent_pkts": q.get("packets", 0)}
+    for key, value in (q.get("xstats") or {}).items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            row[f"x_{key}"] = value
+    return row
+
+
+# ---------------------------------------------------------------- policy -> tc arguments
+
+
+def leaf_args(policy: Policy, buffer_pkts: int, rate_bps: float) -> list[str]:
+    """The tc arguments of the leaf qdisc that runs `policy` (UserError if tc cannot say it)."""
+    p = policy.params
+    limit = str(getattr(p, "limit", None) or buffer_pkts)
+    build = {"fifo": lambda: ["pfifo", "limit", limit], "codel": lambda: _codel(p, limit),
+             "pie": lambda: _pie(p, limit), "red": lambda: _red(p, limit, rate_bps),
+             "dualpi2": lambda: _dualpi2(p)}
+    if policy.name not in build:
+        raise UserError(f"policy {policy.name!r} has no Linux qdisc")
+    return build[policy.name]()
+
+
+def _refuse(policy: str, p: Any, key: str, kernel_value: Any, why: str) -> None:
+    if getattr(p, key) != kernel_value:
+        raise UserError(f"policy {policy!r} on the kernel datapath: parameter '{key}' = "
+                        f"{getattr(p, key)!r} cannot be set ({why}); the kernel uses {kernel_value!r}")
+
+
+def _ms(x: float) -> str:
+    return f"{round(x * 1000)}us"
+
+
+def _codel(p: Any, limit: str) -> list[str]:
+    _refuse("codel", p, "maxpacket", 1514, "tc-codel has no maxpacket")
+    return ["codel", "limit", limit, "target", _ms(p.target_ms), "interval", _ms(p.interval_ms),
+            "ecn" if p.ecn else "noecn"]
+
+
+def _pie(p: Any, limit: str) -> list[str]:
+    _refuse("pie", p, "max_burst_ms", 150.0, "tc-pie has no burst allowance setting")
+    _refuse("pie", p, "mark_ecnth", 0.1, "Linux pie marks up to a fixed 10%")
+    _refuse("pie", p, "cap_drop", True, "Linux pie always caps the drop adjustment")
+    # tc-pie takes alpha and beta in units of 1/16 Hz (defaults 2 and 20 = 0.125 and 1.25 Hz)
+    return ["pie", "limit", limit, "target", _ms(p.target_ms), "tupdate", _ms(p.tupdate_ms),
+            "alpha", str(round(p.alpha * 16)), "beta", str(round(p.beta * 16)),
+            "ecn" if p.ecn else "noecn"]
+
+
+def _red(p: Any, limit_pkts: str, rate_bps: float) -> list[str]:
+    _refuse("red", p, "gentle", False, "Linux sch_red has no gentle mode")
+    unit = 1 if p.byte_mode else p.avpkt  # tc-red thresholds are bytes
+    qmin, qmax = int(p.min_th * unit), int(p.max_th * unit)
+    args = ["red", "limit", str(int(limit_pkts) * 1514), "min", str(qmin), "max", str(qmax),
+            "avpkt", str(p.avpkt), "burst", str(red_burst(p.w_q, qmin, p.avpkt)),
+            "probability", str(p.max_p), "bandwidth", f"{int(rate_bps)}bit"]
+    return args + (["ecn"] if p.ecn else []) + (["harddrop"] if p.harddrop else [])
+
+
+def red_burst(w_q: float, qmin: int, avpkt: int) -> int:
+    """The tc-red `burst` whose EWMA weight (tc_red_eval_ewma: 2^-Wlog) is nearest w_q."""
+    def wlog(burst: int) -> int | None:
+        a = burst + 1 - qmin / avpkt
+        w = 0.5
+        for n in range(1, 32):
+            if a >= 1 and a <= (1 - (1 - w) ** burst) / w:
+                return n
+            w /= 2
+        return None
+
+    best, best_err = 1, math.inf
+    for burst in range(1, 5000):
+        n = wlog(burst)
+        if n is not None and abs(math.log2(2.0 ** -n) - math.log2(w_q)) < best_err:
+            best, best_err = burst, abs(math.log2(2.0 ** -n) - math.log2(w_q))
+    return best
+
+
+def _dualpi2(p: Any) -> list[str]:
+    _refuse("dualpi2", p, "qdelay", "max", "Linux dualpi2 always uses the larger queue delay")
+    return ["dualpi2", "limit", str(p.limit), "target", _ms(p.target_ms),
+            "tupdate", _ms(p.tupdate_ms), "alpha", f"{p.alpha:g}", "beta", f"{p.beta:g}",
+            "step_thresh", _ms(p.step_thresh_ms), "coupling_factor", f"{p.coupling_factor:g}",
+            "classic_protection", str(round(p.c_protection * 100)),
+            "drop_on_overload" if p.drop_overload else "overflow"]
+
+
+# ---------------------------------------------------------------- what this machine has
+
+
+@functools.cache
+def missing(kind: str) -> str | None:
+    """Why qdisc `kind` cannot be used here (kernel and tc both checked), or None."""
+    ns = f"tbkprobe{os.getpid()}"
+    if _run(["ip", "netns", "add", ns]).returncode != 0:
+        return f"cannot create a scratch namespace to probe for the {kind!r} qdisc (needs root)"
+    try:
+        _run(["ip", "-n", ns, "link", "add", "p0", "type", "veth", "peer", "name", "p1"])
+        kernel = _run(["tc", "-n", ns, "qdisc", "add", "dev", "p0", "root", kind])
+        parser = _run(["tc", "-n", ns, "qdisc", "add", "dev", "p0", "root", kind, "help"])
+    finally:
+        _run(["ip", "netns", "del", ns])
+    problems = []
+    if kernel.returncode != 0:
+        module = _run(["modinfo", "-F", "filename", f"sch_{kind}"])
+        where = (f"its module sch_{kind} exists but did not load" if module.returncode == 0
+                 else f"no module sch_{kind} and not built in")
+        problems.append(f"kernel {os.uname().release} has no {kind!r} qdisc ({where}: "
+                        f"{kernel.stderr.strip()})")
+    if "Unknown qdisc" in parser.stderr:
+        problems.append(f"this tc ({_tc_version()}) cannot parse {kind!r} options")
+    if not problems:
+        return None
+    return (f"the kernel datapath needs the {kind!r} qdisc: " + "; ".join(problems) +
+            ". Use the ebpf or nfqueue datapath here.")
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+
+def _tc_version() -> str:
+    return _run(["tc", "-V"]).stdout.strip() or "tc"

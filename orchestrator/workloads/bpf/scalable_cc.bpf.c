@@ -1,0 +1,208 @@
+// SPDX-License-Identifier: GPL-2.0
+/* A scalable (DCTCP-style) TCP congestion control as a BPF struct_ops, for kernels without
+ * TCP Prague. It is what the testbed's L4S sender uses.
+ *
+ * Response to CE marks: alpha, an EWMA (gain 1/16) of the fraction of delivered packets
+ * that were CE-marked, is updated once per RTT; when the ACKs echo CE, the kernel enters CWR
+ * (at most once per RTT) and asks ssthresh(), which cuts cwnd by alpha/2. Losses halve cwnd
+ * as Reno does. Growth is Reno's (slow start, then one segment per RTT).
+ *
+ * Data packets leave with ECT(0): the kernel picks the codepoint, and a TCP socket cannot
+ * choose it (IP_TOS masks the ECN bits). ect1_rewrite.bpf.c, on the sender's egress,
+ * rewrites them to ECT(1).
+ *
+ * Build-time parameters (see orchestrator/workloads/bpfbuild.py):
+ *   CC_NAME   the congestion control's name and the struct_ops map's name (max 15 chars),
+ *             unique per testbed so that `bpftool struct_ops unregister name` hits only ours;
+ *   CC_FLAGS  TCP_CONG_* flags: NEEDS_ECN (0x2), plus NEEDS_ACCECN (0x4) where the kernel
+ *             accepts it, so that AccECN is negotiated on connections using this CC.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#ifndef CC_NAME
+#define CC_NAME l4s_scalable
+#endif
+#ifndef CC_FLAGS
+#define CC_FLAGS 0x2
+#endif
+#define STR2(x) #x
+#define STR(x) STR2(x)
+
+char _license[] SEC("license") = "GPL";
+
+#define MAX_ALPHA 1024U
+#define SHIFT_G 4 /* EWMA gain g = 1/16, as DCTCP */
+#define ECN_MODE_ACCECN 0x10 /* tp->ecn_flags bit when AccECN was negotiated (6.18) */
+#define ECN_DEMAND_CWR 0x4
+#define ICSK_ACK_TIMER 2
+#define ICSK_ACK_NOW 8
+
+extern void tcp_reno_cong_avoid(struct sock *sk, __u32 ack, __u32 acked) __ksym;
+
+struct scalable {
+	__u32 old_delivered;
+	__u32 old_delivered_ce;
+	__u32 prior_rcv_nxt;
+	__u32 alpha;
+	__u32 next_seq;
+	__u32 ce_state;
+	__u32 loss_cwnd;
+};
+
+static __always_inline struct scalable *ca_of(struct sock *sk)
+{
+	return (struct scalable *)((struct inet_connection_sock *)sk)->icsk_ca_priv;
+}
+
+static __always_inline struct tcp_sock *tp_of(struct sock *sk)
+{
+	return (struct tcp_sock *)sk;
+}
+
+static __always_inline void new_round(const struct tcp_sock *tp, struct scalable *ca)
+{
+	ca->next_seq = tp->snd_nxt;
+	ca->old_delivered = tp->delivered;
+	ca->old_delivered_ce = tp->delivered_ce;
+}
+
+SEC("struct_ops/scalable_init")
+void BPF_PROG(scalable_init, struct sock *sk)
+{
+	struct tcp_sock *tp = tp_of(sk);
+	struct scalable *ca = ca_of(sk);
+
+	ca->prior_rcv_nxt = tp->rcv_nxt;
+	ca->alpha = MAX_ALPHA; /* first reduction halves, as DCTCP's default */
+	ca->loss_cwnd = 0;
+	ca->ce_state = 0;
+	new_round(tp, ca);
+	/* Pace, as TCP Prague does: with a shallow marking threshold, ACK-clocked bursts
+	 * would be marked however short the standing queue. Without the fq qdisc, TCP paces
+	 * itself (internal pacing at 2x/1.2x cwnd/srtt). */
+	sk->sk_pacing_status = SK_PACING_NEEDED;
+}
+
+SEC("struct_ops/scalable_ssthresh")
+__u32 BPF_PROG(scalable_ssthresh, struct sock *sk)
+{
+	struct tcp_sock *tp = tp_of(sk);
+	struct scalable *ca = ca_of(sk);
+	__u32 cwnd = tp->snd_cwnd;
+	__u32 cut = (cwnd * ca->alpha) >> 11; /* cwnd * alpha / 2 */
+
+	ca->loss_cwnd = cwnd;
+	return cwnd - cut > 2 ? cwnd - cut : 2;
+}
+
+/* Once per RTT: alpha = (1 - g) * alpha + g * (CE-marked / delivered). */
+SEC("struct_ops/scalable_in_ack_event")
+void BPF_PROG(scalable_in_ack_event, struct sock *sk, __u32 flags)
+{
+	struct tcp_sock *tp = tp_of(sk);
+	struct scalable *ca = ca_of(sk);
+	__u32 alpha, marked, delivered, step;
+
+	if ((__s32)(tp->snd_una - ca->next_seq) < 0)
+		return;
+	marked = tp->delivered_ce - ca->old_delivered_ce;
+	alpha = ca->alpha;
+	step = alpha >> SHIFT_G;
+	alpha -= (step == 0 && alpha > 0) ? alpha : step; /* min_not_zero, as DCTCP */
+	if (marked) {
+		delivered = tp->delivered - ca->old_delivered;
+		if (delivered == 0)
+			delivered = 1;
+		marked = (marked << (10 - SHIFT_G)) / delivered;
+		alpha = alpha + marked < MAX_ALPHA ? alpha + marked : MAX_ALPHA;
+	}
+	ca->alpha = alpha;
+	new_round(tp, ca);
+}
+
+static __always_inline void react_to_loss(struct sock *sk)
+{
+	struct tcp_sock *tp = tp_of(sk);
+	struct scalable *ca = ca_of(sk);
+
+	ca->loss_cwnd = tp->snd_cwnd;
+	tp->snd_ssthresh = tp->snd_cwnd >> 1 > 2 ? tp->snd_cwnd >> 1 : 2;
+}
+
+SEC("struct_ops/scalable_set_state")
+void BPF_PROG(scalable_set_state, struct sock *sk, __u8 new_state)
+{
+	/* ssthresh() cut by alpha/2 already; a loss halves instead (RTOs come as CA_EVENT_LOSS). */
+	if (new_state == TCP_CA_Recovery)
+		react_to_loss(sk);
+}
+
+/* Receiver side, classic (RFC 3168) feedback only: echo each CE change at once, so that the
+ * sender can count marked bytes (DCTCP's receiver). With AccECN the ACE field does that. */
+static __always_inline void echo_ce_change(struct sock *sk, __u32 new_state)
+{
+	struct tcp_sock *tp = tp_of(sk);
+	struct scalable *ca = ca_of(sk);
+	struct inet_connection_sock *icsk = (struct inet_connection_sock *)sk;
+
+	if (tp->ecn_flags & ECN_MODE_ACCECN)
+		return;
+	if (ca->ce_state != new_state) {
+		if (icsk->icsk_ack.pending & ICSK_ACK_TIMER) {
+			/* send the delayed ACK first, carrying the previous CE state */
+			if (ca->ce_state)
+				tp->ecn_flags |= ECN_DEMAND_CWR;
+			else
+				tp->ecn_flags &= ~ECN_DEMAND_CWR;
+			bpf_tcp_send_ack(sk, ca->prior_rcv_nxt);
+		}
+		icsk->icsk_ack.pending |= ICSK_ACK_NOW;
+	}
+	ca->prior_rcv_nxt = tp->rcv_nxt;
+	ca->ce_state = new_state;
+	if (new_state)
+		tp->ecn_flags |= ECN_DEMAND_CWR;
+	else
+		tp->ecn_flags &= ~ECN_DEMAND_CWR;
+}
+
+SEC("struct_ops/scalable_cwnd_event")
+void BPF_PROG(scalable_cwnd_event, struct sock *sk, enum tcp_ca_event ev)
+{
+	if (ev == CA_EVENT_ECN_IS_CE)
+		echo_ce_change(sk, 1);
+	else if (ev == CA_EVENT_ECN_NO_CE)
+		echo_ce_change(sk, 0);
+	else if (ev == CA_EVENT_LOSS)
+		react_to_loss(sk);
+}
+
+SEC("struct_ops/scalable_cong_avoid")
+void BPF_PROG(scalable_cong_avoid, struct sock *sk, __u32 ack, __u32 acked)
+{
+	tcp_reno_cong_avoid(sk, ack, acked);
+}
+
+SEC("struct_ops/scalable_undo_cwnd")
+__u32 BPF_PROG(scalable_undo_cwnd, struct sock *sk)
+{
+	struct tcp_sock *tp = tp_of(sk);
+	struct scalable *ca = ca_of(sk);
+
+	return tp->snd_cwnd > ca->loss_cwnd ? tp->snd_cwnd : ca->loss_cwnd;
+}
+
+SEC(".struct_ops")
+struct tcp_congestion_ops CC_NAME = {
+	.init = (void *)scalable_init,
+	.in_ack_event = (void *)scalable_in_ack_event,
+	.cwnd_event = (void *)scalable_cwnd_event,
+	.ssthresh = (void *)scalable_ssthresh,
+	.cong_avoid = (void *)scalable_cong_avoid,
+	.undo_cwnd = (void *)scalable_undo_cwnd,
+	.set_state = (void *)scalable_set_state,
+	.flags = CC_FLAGS,
+	.name = STR(CC_NAME),
+};

@@ -1,0 +1,87 @@
+"""The kernel datapath: policy -> qdisc arguments, detection of what is missing, and a real
+run with the one 'AQM' this kernel has (pfifo)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+import policies
+from orchestrator.bottleneck.kernel import KernelDatapath, leaf_args, missing, red_burst
+from orchestrator.errors import UserError
+from orchestrator.telemetry import read
+
+from conftest import dumbbell_yaml, needs_root, unique_name
+
+
+def test_pie_gains_in_tc_units() -> None:
+    args = leaf_args(policies.make("pie", {"alpha": "0.25", "limit": "500"}), 100, 50e6)
+    assert args[:3] == ["pie", "limit", "500"]
+    assert args[args.index("alpha") + 1] == "4" and args[args.index("beta") + 1] == "20"
+    assert args[args.index("target") + 1] == "15000us" and args[-1] == "ecn"
+
+
+def test_dualpi2_arguments() -> None:
+    args = leaf_args(policies.make("dualpi2", {"typical_rtt_ms": "20"}), 100, 50e6)
+    assert args[0] == "dualpi2" and args[args.index("limit") + 1] == "10000"
+    assert args[args.index("target") + 1] == "20000us"  # derived as tc-dualpi2 derives it
+    assert args[args.index("classic_protection") + 1] == "10" and args[-1] == "drop_on_overload"
+
+
+def test_fifo_takes_the_testbed_buffer() -> None:
+    assert leaf_args(policies.make("fifo", {}), 123, 50e6) == ["pfifo", "limit", "123"]
+
+
+def test_parameters_tc_cannot_express_are_refused() -> None:
+    with pytest.raises(UserError, match="max_burst_ms"):
+        leaf_args(policies.make("pie", {"max_burst_ms": "100"}), 100, 50e6)
+    with pytest.raises(UserError, match="gentle"):
+        leaf_args(policies.make("red", {}), 100, 50e6)
+    red = leaf_args(policies.make("red", {"gentle": "false"}), 100, 50e6)
+    assert red[red.index("min") + 1] == "5000" and red[red.index("max") + 1] == "15000"
+
+
+def test_red_burst_matches_the_ewma_weight() -> None:
+    # tc_red_eval_ewma gives W = 2^-Wlog; w_q = 0.002 is closest to 2^-9
+    burst = red_burst(0.002, 5000, 1000)
+    a = burst + 1 - 5
+    wlog = next(n for n in range(1, 32) if a <= (1 - (1 - 2.0 ** -n) ** burst) / 2.0 ** -n)
+    assert wlog == 9
+
+
+@needs_root
+@pytest.mark.integration
+def test_missing_qdiscs_are_named() -> None:
+    assert missing("pfifo") is None
+    why = missing("dualpi2")
+    if why is None:
+        pytest.skip("this kernel has dualpi2")
+    assert "'dualpi2' qdisc" in why and "kernel" in why and "ebpf or nfqueue" in why
+
+
+@needs_root
+@pytest.mark.integration
+@pytest.mark.slow
+def test_fifo_on_the_kernel_datapath(netns_testbed, tmp_path) -> None:
+    tb = netns_testbed(dumbbell_yaml(unique_name("kd"), buffer="300"))
+    dp = KernelDatapath(tb)
+    if missing("pie"):  # this machine: the run must be refused before anything starts
+        with pytest.raises(UserError, match="pie"):
+            dp.check(policies.make("pie", {}))
+    dp.start(policies.make("fifo", {"limit": "77"}), tmp_path)
+    assert "pfifo 10: parent 1:1 limit 77p" in tb.run("r1", ["tc", "qdisc", "show", "dev", "e-rx"]).stdout
+    server = tb.popen("rx", ["iperf3", "-s", "-1", "-p", "5201"], tag="iperf3-server")
+    tb.wait_port("rx", 5201)
+    subprocess.run(tb.argv_on("s1", ["iperf3", "-c", tb.host("rx").address, "-p", "5201", "-t", "2",
+                                     "-C", "cubic"]), capture_output=True, timeout=30, check=True)
+    tb.stop(server)
+    counters = dp.stop()
+    assert counters["sent_pkts"] > 1000 and counters["per_packet"] is False
+    assert "limit 77p" not in tb.run("r1", ["tc", "qdisc", "show", "dev", "e-rx"]).stdout
+    rows = read(tmp_path / "telemetry" / "qdisc")
+    assert len(rows) >= 15 and rows.backlog_pkts.max() > 10 and (rows.kind == "pfifo").all()
+    meta = json.loads((tmp_path / "telemetry" / "packets" / "meta.json").read_text())
+    assert meta["per_packet"] is False and "not available" in meta["sojourn"]
+    KernelDatapath.clean(tb)  # idempotent
