@@ -1,0 +1,20 @@
+"""AQM-LLM: a pretrained causal LM fine-tuned with LoRA into an L4S AQM policy.
+
+Files, in reading order:
+  reward.py      the one definition of the reward (numpy only; the control loop imports it)
+  features.py    QueueState / control-loop rows -> normalised numbers (numpy only)
+  fluid.py       a toy fluid queue, only for unit tests and smoke training
+  dataset.py     experience pool: run directories -> episodes -> windows of (rtg, state, action)
+  encoder.py     numbers -> tokens of the backbone's width
+  backbone.py    SmolLM2-135M (or any local HF causal LM, or a tiny random Llama) loaded offline
+  head.py        L4S-LM head (per-class enqueue/drop/mark) + return and action embeddings
+  model.py       encoder + backbone + head, LoRA, early exit, incremental decoding
+  checkpoint.py  safetensors + json on disk; never unpickles
+  train.py       return-conditioned offline RL (NetLLM recipe) with accelerate
+  policy.py      AqmLlmPolicy ("aqm-llm"): the model in the control loop
+  student.py     StudentPolicy ("aqm-llm-student"): a numpy MLP
+  distill.py     trains the student on the LLM policy's decisions
+
+Nothing here imports torch at module import time except the files that need it, so the
+control loop can import `reward` cheaply.
+"""

@@ -1,0 +1,146 @@
+"""A checkpoint is a directory of safetensors and JSON; loading it never unpickles.
+
+    config.json                 format, ModelConfig, backbone shape, reward weights, gamma, ...
+    stats.json                  normalisation statistics (features.NormStats)
+    encoder.safetensors         StateEncoder
+    head.safetensors            L4S-LM head + return and action embeddings
+    adapter_model.safetensors   LoRA weights in peft's layout (+ adapter_config.json)
+    backbone.safetensors        only after full fine-tuning (else the pretrained weights apply)
+
+A training run's output directory holds step-NNNNNN/ checkpoints and latest.json naming the
+newest; `load_checkpoint` accepts either. A directory holding any pickle-format file is
+refused outright: torch.load and friends can run arbitrary code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.errors import UserError
+from policies.aqm_llm.features import NormStats
+
+if TYPE_CHECKING:  # torch is imported on use, so the student policy loads without it
+    from policies.aqm_llm.model import AqmLlm
+
+FORMAT = "aqm-llm/1"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+HEAD_PARTS = ("head.", "rtg_embed.", "action_embed.")
+
+
+def refuse_pickles(path: Path) -> None:
+    found = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
+    if found:
+        raise UserError(f"checkpoint {path}: refusing a directory that holds pickle files "
+                        f"({', '.join(found)}); only safetensors and json are loaded")
+
+
+def resolve(path: str | Path) -> Path:
+    """The checkpoint directory itself, or the one latest.json of a training directory names."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise UserError(f"checkpoint {p}: no such directory")
+    if not (p / "config.json").is_file() and (p / "latest.json").is_file():
+        p = p / json.loads((p / "latest.json").read_text())["dir"]
+    if not (p / "config.json").is_file():
+        raise UserError(f"checkpoint {p}: no config.json (not an AQM-LLM checkpoint)")
+    return p
+
+
+def save_checkpoint(model: AqmLlm, stats: NormStats, out: str | Path, extra: dict[str, Any] | None = None,
+                    files: dict[str, dict] | None = None) -> Path:
+    """Write atomically: into a sibling temporary directory, then rename over `out`.
+    `files` adds more safetensors files (name -> tensors), e.g. the optimizer state."""
+    from safetensors.torch import save_file
+
+    if model.precision != "float32":
+        raise UserError(f"a model prepared for {model.precision} inference cannot be saved")
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    config = {"format": FORMAT, "model": model.cfg.to_dict(), "width": model.decoder.config.hidden_size,
+              "depth": model.depth, "exits": model.exits, **(extra or {})}
+    (tmp / "config.json").write_text(json.dumps(config, indent=1))
+    (tmp / "stats.json").write_text(stats.to_json())
+    for name, tensors in {**_weights(model), **(files or {})}.items():
+        if tensors:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / name)
+    if model.cfg.lora_rank > 0 and not model.cfg.full_finetune:
+        adapter = model.backbone.peft_config["default"].to_dict()
+        (tmp / "adapter_config.json").write_text(json.dumps(adapter, indent=1, default=list))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def _weights(model: AqmLlm) -> dict[str, dict]:
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+    files = {"encoder.safetensors": {k: v for k, v in own.items() if k.startswith("encoder.")},
+             "head.safetensors": {k: v for k, v in own.items() if k.startswith(HEAD_PARTS)}}
+    if model.cfg.full_finetune:
+        files["backbone.safetensors"] = dict(model.decoder.state_dict())
+    elif model.cfg.lora_rank > 0:
+        from peft import get_peft_model_state_dict
+
+        files["adapter_model.safetensors"] = get_peft_model_state_dict(model.backbone)
+    return files
+
+
+def load_checkpoint(path: str | Path,
+                    backbone: str | None = None) -> tuple[AqmLlm, NormStats, dict[str, Any]]:
+    """(model in eval mode, normalisation stats, config dict). `backbone` overrides where the
+    backbone is found (the weights must match the one it was trained on)."""
+    from policies.aqm_llm.model import AqmLlm, ModelConfig
+
+    p = resolve(path)
+    refuse_pickles(p)
+    config = json.loads((p / "config.json").read_text())
+    if config.get("format") != FORMAT:
+        raise UserError(f"checkpoint {p}: format {config.get('format')!r}, expected {FORMAT!r}")
+    cfg = ModelConfig.from_dict(config["model"])
+    if backbone:
+        cfg.backbone = backbone
+    model = AqmLlm(cfg)
+    shape = (model.decoder.config.hidden_size, model.depth)
+    if shape != (config["width"], config["depth"]):
+        raise UserError(f"checkpoint {p}: trained on a backbone of width {config['width']} and depth "
+                        f"{config['depth']}; {cfg.backbone!r} has width {shape[0]} and depth {shape[1]}")
+    _load_weights(model, p)
+    try:
+        stats = NormStats.from_json((p / "stats.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"checkpoint {p}: bad stats.json: {e}") from None
+    return model.eval(), stats, config
+
+
+def _load_weights(model: AqmLlm, p: Path) -> None:
+    from safetensors.torch import load_file
+    own: dict[str, Any] = {}
+    for name in ("encoder.safetensors", "head.safetensors"):
+        if not (p / name).is_file():
+            raise UserError(f"checkpoint {p}: {name} is missing")
+        own.update(load_file(p / name))
+    missing, unexpected = model.load_state_dict(own, strict=False)
+    missing = [k for k in missing if not k.startswith("backbone.")]
+    if missing or unexpected:
+        raise UserError(f"checkpoint {p}: weights do not fit the model (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]})")
+    if model.cfg.full_finetune:
+        model.decoder.load_state_dict(_need(p, "backbone.safetensors"))
+    elif model.cfg.lora_rank > 0:
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model.backbone, _need(p, "adapter_model.safetensors"))
+        if result.unexpected_keys:
+            raise UserError(f"checkpoint {p}: adapter does not fit: {result.unexpected_keys[:3]}")
+
+
+def _need(p: Path, name: str) -> dict:
+    from safetensors.torch import load_file
+    if not (p / name).is_file():
+        raise UserError(f"checkpoint {p}: {name} is missing")
+    return load_file(p / name)

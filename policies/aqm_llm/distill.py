@@ -1,0 +1,113 @@
+"""Distillation: a small MLP student learns AQM-LLM's decisions over the pool's states.
+
+Teacher labels come from running the deployed policy (AqmLlmPolicy, with its KV-cached
+context and its own previous actions) over each episode's states in order, exactly as it
+would act in the control loop; the student sees one state (with its histories) and learns the
+teacher's per-class distributions with a soft cross-entropy. Held-out episodes measure how
+closely it follows (loss, and mean absolute error of p_drop / p_mark).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from policies.aqm_llm import dataset as D
+from policies.aqm_llm.features import from_rows
+from policies.aqm_llm.model import soft_cross_entropy
+from policies.aqm_llm.policy import AqmLlmParams, AqmLlmPolicy
+from policies.aqm_llm.student import Student, student_inputs
+
+
+def teacher_labels(teacher: AqmLlmPolicy, frame: pd.DataFrame,
+                   progress: bool = False) -> dict[str, np.ndarray]:
+    """Student inputs [N, n_in], teacher probabilities [N, 2, 3] and episode index [N]."""
+    from tqdm.auto import tqdm
+
+    xs, ps, eps = [], [], []
+    bar = tqdm(total=len(frame), disable=not progress, desc="teacher")
+    for i, (_, rows) in enumerate(D.episodes(frame)):
+        teacher.reset()
+        xs.append(student_inputs(teacher.stats.apply(from_rows(rows))))
+        ps.append(np.stack([teacher.probabilities(s).numpy() for s in D.states(rows)]))
+        eps.append(np.full(len(rows), i))
+        bar.update(len(rows))
+    bar.close()
+    return {"x": np.concatenate(xs), "p": np.concatenate(ps).astype(np.float32),
+            "episode": np.concatenate(eps)}
+
+
+def fit_student(labels: dict[str, np.ndarray], hidden: Sequence[int] = (64, 64), steps: int = 2000,
+                batch: int = 256, lr: float = 2e-3, seed: int = 0,
+                val_frac: float = 0.2) -> tuple[list, dict[str, float]]:
+    """Train the MLP (torch) on the labels; (numpy weights, metrics on held-out episodes)."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    is_val = _held_out(labels["episode"], val_frac, rng)
+    x, p = torch.from_numpy(labels["x"]), torch.from_numpy(labels["p"])
+    sizes = [x.shape[1], *hidden, p.shape[1] * p.shape[2]]
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers += [nn.Linear(sizes[i], sizes[i + 1]), nn.ReLU()]
+    mlp = nn.Sequential(*layers[:-1])
+    opt = torch.optim.Adam(mlp.parameters(), lr=lr)
+    train_idx = np.flatnonzero(~is_val)
+    for _ in range(steps):
+        idx = torch.from_numpy(rng.choice(train_idx, size=min(batch, len(train_idx))))
+        loss = _loss(mlp, x[idx], p[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    weights = [(m.weight.detach().T.numpy().copy(), m.bias.detach().numpy().copy())
+               for m in mlp if isinstance(m, nn.Linear)]
+    return weights, _metrics(mlp, x, p, is_val)
+
+
+def _held_out(episode: np.ndarray, val_frac: float, rng: np.random.Generator) -> np.ndarray:
+    """Whole episodes held out; with one episode, its last val_frac."""
+    n_ep = int(episode.max()) + 1
+    if n_ep == 1:
+        return np.arange(len(episode)) >= (1 - val_frac) * len(episode)
+    return np.isin(episode, rng.permutation(n_ep)[:max(1, round(val_frac * n_ep))])
+
+
+def _loss(mlp: nn.Module, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    logits = mlp(x).unflatten(-1, p.shape[1:])
+    return soft_cross_entropy(logits, p, torch.ones(len(x)))
+
+
+@torch.no_grad()
+def _metrics(mlp: nn.Module, x: torch.Tensor, p: torch.Tensor, is_val: np.ndarray) -> dict[str, float]:
+    out = {}
+    for name, sel in (("train", ~is_val), ("val", is_val)):
+        idx = torch.from_numpy(np.flatnonzero(sel))
+        if len(idx) == 0:
+            continue
+        logits = mlp(x[idx]).unflatten(-1, p.shape[1:])
+        q = torch.softmax(logits, -1)
+        out[f"{name}_loss"] = float(soft_cross_entropy(logits, p[idx], torch.ones(len(idx))))
+        out[f"{name}_mae_p"] = float((q[..., 1:] - p[idx][..., 1:]).abs().mean())
+    return out
+
+
+def distill(checkpoint: str | Path, pool: pd.DataFrame | str | Path | Sequence[str | Path], out: str | Path,
+            steps: int = 2000, hidden: Sequence[int] = (64, 64), seed: int = 0, early_exit_layers: int = 0,
+            threads: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Label the pool with the LLM policy, fit the student, save it to `out`; returns metrics."""
+    frame = D.as_frame(pool)
+    teacher = AqmLlmPolicy(AqmLlmParams(checkpoint=str(checkpoint), early_exit_layers=early_exit_layers,
+                                        threads=threads))
+    labels = teacher_labels(teacher, frame, progress)
+    weights, metrics = fit_student(labels, hidden, steps, seed=seed)
+    student = Student({k: v for i, (w, b) in enumerate(weights) for k, v in ((f"w{i}", w), (f"b{i}", b))},
+                      teacher.stats)
+    meta = {"teacher": str(Path(checkpoint).resolve()), "early_exit_layers": early_exit_layers,
+            "states": len(labels["x"]), "steps": steps, "seed": seed, **metrics}
+    student.save(out, meta)
+    return {"out": str(out), **meta}

@@ -1,0 +1,129 @@
+"""The student: a small MLP distilled from AQM-LLM (distill.py), run with numpy in microseconds.
+
+Input: one state's normalised features (the teacher's statistics) flattened: scalars, the four
+histories and their masks. Output: per class a distribution over {enqueue, drop, mark}.
+On disk (a directory, like the teacher's): student.safetensors (w0, b0, w1, b1, ...),
+student.json (layer sizes, provenance, metrics), stats.json. Loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from orchestrator.errors import UserError
+from policies.aqm_llm.checkpoint import refuse_pickles
+from policies.aqm_llm.features import CLIP, N_SCALARS, N_SERIES, Features, NormStats, state_vector
+from policies.aqm_llm.head import N_ACTIONS
+from policies.aqm_llm.policy import to_decision
+from policies.base import CLASSES, HISTORY_LEN, Decision, ParamError, Params, Policy, QueueConfig, QueueState
+
+
+def student_inputs(f: Features) -> np.ndarray:
+    """[N, n_in] from normalised features."""
+    n = len(f.scalars)
+    x = np.concatenate([f.scalars, f.series.reshape(n, -1), f.mask.reshape(n, -1)], axis=1)
+    return x.astype(np.float32)
+
+
+class Student:
+    """MLP with ReLU hidden layers (cheap in numpy) and a softmax per class."""
+
+    def __init__(self, weights: dict[str, np.ndarray], stats: NormStats) -> None:
+        self.layers = [(weights[f"w{i}"].astype(np.float32), weights[f"b{i}"].astype(np.float32))
+                       for i in range(len(weights) // 2)]
+        self.stats = stats
+        # student_inputs(stats.apply(f)) as one affine map over [scalars, series, mask]
+        n, h = N_SERIES * HISTORY_LEN, HISTORY_LEN
+        self._mean = np.concatenate([stats.scalar_mean, np.repeat(stats.series_mean, h), np.zeros(n)])
+        self._std = np.concatenate([stats.scalar_std, np.repeat(stats.series_std, h), np.ones(n)])
+        self._series = slice(N_SCALARS, N_SCALARS + n)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        for i, (w, b) in enumerate(self.layers):
+            x = x @ w + b
+            if i < len(self.layers) - 1:
+                x = np.maximum(x, 0.0)
+        return x.reshape(*x.shape[:-1], len(CLASSES), N_ACTIONS)
+
+    def probs(self, x: np.ndarray) -> np.ndarray:
+        z = self.logits(x).astype(np.float64)
+        z = np.exp(z - z.max(-1, keepdims=True))
+        return z / z.sum(-1, keepdims=True)
+
+    def state_input(self, state: QueueState) -> np.ndarray:
+        """Same as student_inputs(stats.apply(from_state(state))), without the generic overhead."""
+        raw = state_vector(state)
+        x = np.clip((raw - self._mean) / self._std, -CLIP, CLIP)
+        mask = raw[self._series.stop:]
+        if not mask.all():  # padded history stays exactly 0, as stats.apply leaves it
+            x[self._series] *= mask
+        return x.astype(np.float32)
+
+    def save(self, out: str | Path, meta: dict) -> Path:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {}
+        for i, (w, b) in enumerate(self.layers):
+            tensors[f"w{i}"], tensors[f"b{i}"] = w, b
+        save_file(tensors, out / "student.safetensors")
+        (out / "stats.json").write_text(self.stats.to_json())
+        sizes = [w.shape[0] for w, _ in self.layers] + [self.layers[-1][0].shape[1]]
+        info = {"format": "aqm-llm-student/1", "sizes": sizes, **meta}
+        (out / "student.json").write_text(json.dumps(info, indent=1))
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> Student:
+        p = Path(path).expanduser()
+        if not (p / "student.safetensors").is_file():
+            raise UserError(f"student {p}: no student.safetensors (made by `testbed distill`)")
+        refuse_pickles(p)
+        return cls(load_file(p / "student.safetensors"), NormStats.from_json((p / "stats.json").read_text()))
+
+
+@dataclass
+class StudentParams(Params):
+    checkpoint: str = field(default="", metadata={"help": "student directory (testbed distill --out)"})
+    l4s_step_ms: float = field(default=1.0, metadata={"help": "L4S step-mark threshold in ms; 0 disables"})
+
+
+class StudentPolicy(Policy):
+    """AQM-LLM distilled into a numpy MLP: the same decisions within tens of microseconds."""
+
+    name: ClassVar[str] = "aqm-llm-student"
+    Params: ClassVar[type[Params]] = StudentParams
+    datapaths: ClassVar[tuple[str, ...]] = ("nfqueue", "ebpf")
+
+    def __init__(self, params: Params | None = None, student: Student | None = None) -> None:
+        super().__init__(params)
+        if student is None and not self.params.checkpoint:
+            raise ParamError("parameter 'checkpoint': aqm-llm-student needs checkpoint=DIR "
+                             "(a `testbed distill --out` directory)")
+        self.student = student if student is not None else Student.load(self.params.checkpoint)
+        self.last_latency_s = 0.0
+
+    def queue_config(self) -> QueueConfig:
+        return QueueConfig(dualq=True)
+
+    def update(self, state: QueueState) -> Decision:
+        t0 = time.perf_counter()
+        logits = self.student.logits(self.student.state_input(state)).tolist()
+        decision = to_decision([_softmax(row) for row in logits], self.params.l4s_step_ms)
+        self.last_latency_s = time.perf_counter() - t0
+        return decision
+
+
+def _softmax(row: list[float]) -> list[float]:
+    """Three numbers: plain Python beats numpy's per-call overhead here."""
+    top = max(row)
+    e = [math.exp(v - top) for v in row]
+    total = sum(e)
+    return [v / total for v in e]

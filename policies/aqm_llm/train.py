@@ -1,0 +1,194 @@
+"""Return-conditioned offline RL over an experience pool (the NetLLM / Decision Transformer recipe).
+
+Each sample is a window of K consecutive steps of one episode: (return-to-go, state, action).
+The model predicts every step's action from what precedes it; the loss is the cross-entropy
+between the predicted per-class distribution over {enqueue, drop, mark} and the behaviour
+policy's (soft targets), averaged over classes, valid steps and trained exit depths.
+Validation: the same loss on held-out episodes (dataset.split).
+
+Runs unchanged on a CPU, one GPU or several under `accelerate launch` (Accelerator handles
+devices and gradient sync; each process draws its own batches). Deterministic for a seed:
+batches come from a generator seeded by (seed, step, process), the learning rate is a function
+of the step, and there is no dropout, so resuming from a checkpoint continues exactly.
+Checkpoints (every ckpt_every steps and at the end) hold the optimizer state as safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+
+from orchestrator.errors import UserError
+from policies.aqm_llm import checkpoint as ckpt
+from policies.aqm_llm.dataset import Episodes, as_frame, exclude_scenarios, prepare
+from policies.aqm_llm.features import NormStats
+from policies.aqm_llm.model import AqmLlm, ModelConfig, soft_cross_entropy
+from policies.aqm_llm.reward import DEFAULT as REWARD
+
+KEEP_CHECKPOINTS = 2
+
+
+def train(pool: pd.DataFrame | str | Path | Sequence[str | Path], out_dir: str | Path, steps: int = 300,
+          batch: int = 16, lr: float = 3e-4, seed: int = 0, lora_rank: int = 8, backbone: str = "smollm2",
+          window: int = 10, resume: bool = True, progress: bool = True, gamma: float = 0.98,
+          val_frac: float = 0.2, val_every: int = 50, ckpt_every: int = 100, warmup: int = 20,
+          val_windows: int = 64, exclude: Sequence[str] = (), **model_args: Any) -> dict[str, Any]:
+    """Train AQM-LLM on `pool` (a frame, a pool.parquet, run directories) without the rows of
+    the scenarios in `exclude`; returns the losses. `model_args` are further ModelConfig
+    fields (lora_alpha, lora_targets, layers, exits, full_finetune, ...)."""
+    from accelerate import Accelerator
+
+    accel = Accelerator()
+    out = Path(out_dir)
+    train_eps, val_eps, stats = prepare(exclude_scenarios(as_frame(pool), exclude), gamma, val_frac, seed)
+    cfg = ModelConfig(backbone=backbone, window=window, lora_rank=lora_rank, **model_args)
+    torch.manual_seed(seed)
+    model, stats, start, history = _start(cfg, stats, out, resume)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    if start:
+        _load_optimizer(opt, ckpt.resolve(out))
+    model, opt = accel.prepare(model, opt)
+    run = _Run(accel, model, opt, stats, cfg, train_eps, val_eps, val_windows)
+    meta = {"reward": REWARD.to_dict(), "gamma": gamma, "seed": seed, "lr": lr, "batch": batch,
+            "excluded_scenarios": list(exclude),
+            "pool_episodes": {"train": train_eps.names, "val": val_eps.names}}
+    if start == 0:
+        history.append({"step": 0, "val_loss": run.validate()})
+    bar = _progress(range(start, steps), start, steps, progress and accel.is_main_process)
+    for step in bar:
+        _set_lr(opt, lr, step, warmup, steps)
+        entry: dict[str, Any] = {"step": step + 1, "train_loss": run.train_step(seed, step, batch)}
+        if (step + 1) % val_every == 0 or step + 1 == steps:
+            entry["val_loss"] = run.validate()
+        history.append(entry)
+        bar.set_postfix(loss=f"{entry['train_loss']:.4f}", val=f"{_last(history, 'val_loss'):.4f}")
+        if (step + 1) % ckpt_every == 0 or step + 1 == steps:
+            run.save(out, step + 1, {**meta, "history": history})
+    return {**_summary(history, out, accel.unwrap_model(model)), "main_process": accel.is_main_process}
+
+
+class _Run:
+    """The pieces one training step and one validation pass need."""
+
+    def __init__(self, accel: Any, model: Any, opt: Any, stats: NormStats, cfg: ModelConfig,
+                 train_eps: Episodes, val_eps: Episodes, val_windows: int) -> None:
+        self.accel, self.model, self.opt, self.stats, self.cfg = accel, model, opt, stats, cfg
+        self.train_eps, self.val_eps = train_eps, val_eps
+        self.val_starts = val_eps.grid_starts(cfg.window, val_windows)
+
+    def tensors(self, eps: Episodes, starts: np.ndarray) -> dict[str, torch.Tensor]:
+        arrays = eps.gather(starts, self.cfg.window, self.stats)
+        return {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.accel.device) for k, v in arrays.items()}
+
+    def loss(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean loss over exits: what we optimise, loss at the deepest exit: what we report)"""
+        logits = self.model(**b)
+        losses = {e: soft_cross_entropy(x, b["actions"], b["valid"]) for e, x in logits.items()}
+        return torch.stack(list(losses.values())).mean(), losses[max(losses)]
+
+    def train_step(self, seed: int, step: int, batch: int) -> float:
+        self.model.train()
+        rng = np.random.default_rng([seed, step, self.accel.process_index])
+        objective, report = self.loss(self.tensors(self.train_eps, self.train_eps.sample_starts(rng, batch)))
+        self.accel.backward(objective)
+        self.accel.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return float(report.detach())
+
+    @torch.no_grad()
+    def validate(self, batch: int = 16) -> float:
+        self.model.eval()
+        total, n = 0.0, 0
+        for i in range(0, len(self.val_starts), batch):
+            b = self.tensors(self.val_eps, self.val_starts[i:i + batch])
+            total += float(self.loss(b)[1]) * float(b["valid"].sum())
+            n += float(b["valid"].sum())
+        return total / max(n, 1.0)
+
+    def save(self, out: Path, step: int, meta: dict[str, Any]) -> None:
+        self.accel.wait_for_everyone()
+        if not self.accel.is_main_process:
+            return
+        name = f"step-{step:06d}"
+        opt_tensors, groups = _optimizer_tensors(self.opt)
+        ckpt.save_checkpoint(self.accel.unwrap_model(self.model), self.stats, out / name,
+                             extra={**meta, "step": step, "optimizer_groups": groups},
+                             files={"optimizer.safetensors": opt_tensors})
+        (out / "latest.json").write_text(json.dumps({"dir": name, "step": step}))
+        for old in sorted(out.glob("step-*"))[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _start(cfg: ModelConfig, stats: NormStats, out: Path,
+           resume: bool) -> tuple[AqmLlm, NormStats, int, list[dict]]:
+    """A fresh model, or the one in out/ when resuming (its config must be the same)."""
+    if not (resume and (out / "latest.json").is_file()):
+        if out.is_dir() and (out / "latest.json").is_file():
+            raise UserError(f"{out} already holds a training run; resume it or choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        return AqmLlm(cfg), stats, 0, []
+    model, saved_stats, config = ckpt.load_checkpoint(out)
+    if ModelConfig.from_dict(config["model"]) != cfg:
+        raise UserError(f"{out} holds a run with another model config ({config['model']}); "
+                        "use the same options, --no-resume, or another --out")
+    return model, saved_stats, int(config["step"]), list(config.get("history", []))
+
+
+def _optimizer_tensors(opt: Any) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    state = opt.state_dict()
+    tensors = {f"{i}.{k}": torch.as_tensor(v).reshape(-1) if torch.as_tensor(v).dim() == 0 else v
+               for i, per in state["state"].items() for k, v in per.items()}
+    groups = [{k: v for k, v in g.items()} for g in state["param_groups"]]
+    return tensors, groups
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    tensors = load_file(path / "optimizer.safetensors")
+    groups = json.loads((path / "config.json").read_text())["optimizer_groups"]
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        i, name = key.split(".", 1)
+        state.setdefault(int(i), {})[name] = value.reshape(()) if name == "step" else value
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _set_lr(opt: Any, lr: float, step: int, warmup: int, steps: int) -> None:
+    """Linear warmup then cosine decay to a tenth: a function of the step, so resumable."""
+    if step < warmup:
+        scale = (step + 1) / warmup
+    else:
+        scale = 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+    for group in opt.param_groups:
+        group["lr"] = lr * scale
+
+
+def _progress(it: range, start: int, total: int, show: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(it, initial=start, total=total, disable=not show, desc="train", dynamic_ncols=True)
+
+
+def _last(history: list[dict], key: str) -> float:
+    return next((h[key] for h in reversed(history) if key in h), math.nan)
+
+
+def _summary(history: list[dict], out: Path, model: AqmLlm) -> dict[str, Any]:
+    train_losses = [h["train_loss"] for h in history if "train_loss" in h]
+    val_losses = [h["val_loss"] for h in history if "val_loss" in h]
+    return {"steps": history[-1]["step"] if history else 0, "checkpoint": str(ckpt.resolve(out)),
+            "first_loss": train_losses[0] if train_losses else math.nan,
+            "train_loss": float(np.mean(train_losses[-10:])) if train_losses else math.nan,
+            "val_loss_initial": val_losses[0] if val_losses else math.nan,
+            "val_loss": val_losses[-1] if val_losses else math.nan,
+            "history": history, **{f"params_{k}": v for k, v in model.counts().items()}}

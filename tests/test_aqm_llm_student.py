@@ -1,0 +1,128 @@
+"""AQM-LLM distillation, the student policy, and the `testbed pool/train/distill` commands."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from test_aqm_llm_data import write_run
+
+import policies
+from orchestrator.cli import cli
+from orchestrator.errors import UserError
+from policies.aqm_llm import dataset as D
+from policies.aqm_llm.checkpoint import save_checkpoint
+from policies.aqm_llm.distill import fit_student, teacher_labels
+from policies.aqm_llm.features import from_rows
+from policies.aqm_llm.model import AqmLlm, ModelConfig
+from policies.aqm_llm.student import Student, StudentPolicy, student_inputs
+from policies.base import ParamError
+
+from conftest import run_cli
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def pool() -> pd.DataFrame:
+    return D.synthetic_pool(behaviours=("dualpi2", "pie"), seconds=1.5)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(pool, tmp_path_factory):
+    """A tiny AQM-LLM whose weights are moved off their init, so its decisions vary by state
+    (its head starts unbiased, not at 'enqueue almost always')."""
+    torch.manual_seed(0)
+    model = AqmLlm(ModelConfig(backbone="tiny", window=4, lora_rank=4))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.2)
+        model.head.proj.bias.zero_()
+    return save_checkpoint(model, D.prepare(pool, gamma=0.98)[2], tmp_path_factory.mktemp("t") / "teacher")
+
+
+@pytest.fixture(scope="module")
+def labels(pool, teacher_dir):
+    return teacher_labels(policies.make("aqm-llm", {"checkpoint": str(teacher_dir)}), pool)
+
+
+def test_the_student_follows_the_teacher_on_held_out_episodes(labels):
+    weights, metrics = fit_student(labels, steps=600, seed=0)
+    p = labels["p"][..., 1:]
+    baseline = float(np.abs(p - p.mean(0)).mean())  # predicting the teacher's mean decision
+    assert metrics["val_mae_p"] < 0.6 * baseline  # ~0.5 here; one held-out episode of six
+    assert [w.shape for w, _ in weights] == [(labels["x"].shape[1], 64), (64, 64), (64, 6)]
+
+
+def test_student_policy_fast_path_equals_the_batch_path_and_survives_a_reload(labels, pool, teacher_dir,
+                                                                              tmp_path):
+    weights, _ = fit_student(labels, steps=50)
+    stats = policies.make("aqm-llm", {"checkpoint": str(teacher_dir)}).stats
+    flat = {k: v for i, (w, b) in enumerate(weights) for k, v in ((f"w{i}", w), (f"b{i}", b))}
+    student = Student(flat, stats)
+    student.save(tmp_path / "st", {"note": "test"})
+    policy = policies.make("aqm-llm-student", {"checkpoint": str(tmp_path / "st")})
+    rows = next(D.episodes(pool))[1]
+    inputs = student_inputs(stats.apply(from_rows(rows)))
+    batch = student.probs(inputs)
+    for i, s in enumerate(D.states(rows)):
+        np.testing.assert_allclose(policy.student.state_input(s), inputs[i], atol=1e-6)
+        d = policy.update(s)
+        assert d.l4s.p_drop == pytest.approx(batch[i, 0, 1], abs=1e-6)
+        assert d.classic.p_mark == pytest.approx(batch[i, 1, 2], abs=1e-6)
+        assert d.l4s.step_threshold_ms == 1.0 and d.classic.step_threshold_ms is None
+    assert isinstance(policy, StudentPolicy) and policy.queue_config().dualq
+
+
+def test_a_student_directory_with_a_pickle_is_refused(labels, teacher_dir, tmp_path):
+    weights, _ = fit_student(labels, steps=1)
+    stats = policies.make("aqm-llm", {"checkpoint": str(teacher_dir)}).stats
+    flat = {k: v for i, (w, b) in enumerate(weights) for k, v in ((f"w{i}", w), (f"b{i}", b))}
+    Student(flat, stats).save(tmp_path / "st", {})
+    (tmp_path / "st" / "student.pkl").write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(UserError, match="pickle"):
+        Student.load(tmp_path / "st")
+    with pytest.raises(UserError, match="no student.safetensors"):
+        Student.load(tmp_path)
+
+
+def test_pool_train_distill_commands(pool, tmp_path):
+    for i, (_, rows) in enumerate(list(D.episodes(pool))[:4]):
+        write_run(tmp_path / "results", f"run-{i}", rows, f"scen-{i % 2}")
+    res = run_cli("pool", "build", str(tmp_path / "results"), "--out", str(tmp_path / "pool.parquet"))
+    assert res.returncode == 0, res.stderr
+    assert "4 episodes" in res.stdout
+    runner = CliRunner()
+    pool_file = str(tmp_path / "pool.parquet")
+    args = ["--backbone", "tiny", "--steps", "4", "--batch", "4", "--window", "4", "--threads", "1",
+            "--exits", "2"]
+    out = runner.invoke(cli, ["train", "--pool", pool_file, "--out", str(tmp_path / "ck"), *args],
+                        catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    summary = json.loads(out.output[out.output.index("{"):])
+    assert summary["steps"] == 4 and (tmp_path / "ck" / "latest.json").is_file()
+    out = runner.invoke(cli, ["distill", "--checkpoint", str(tmp_path / "ck"), "--pool", pool_file,
+                              "--out", str(tmp_path / "st"), "--steps", "20", "--threads", "1",
+                              "--early-exit-layers", "2"], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "st" / "student.safetensors").is_file()
+    assert json.loads((tmp_path / "st" / "student.json").read_text())["early_exit_layers"] == 2
+
+
+def test_a_wrong_backbone_is_one_line_of_error_not_a_traceback(tmp_path, pool):
+    pool.to_parquet(tmp_path / "pool.parquet")
+    res = run_cli("train", "--pool", str(tmp_path / "pool.parquet"), "--out", str(tmp_path / "ck"),
+                  "--backbone", str(tmp_path / "no-such-model"), "--steps", "1")
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr and "no such directory" in res.stderr
+
+
+@pytest.mark.parametrize("name", ["aqm-llm", "aqm-llm-student"])
+def test_the_llm_policies_need_a_checkpoint(name):
+    with pytest.raises(ParamError, match="'checkpoint'"):
+        policies.make(name, {})
