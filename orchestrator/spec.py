@@ -22,6 +22,12 @@ from orchestrator.scenario import Scenario
 TESTBED_NAME = re.compile(r"^[a-z][a-z0-9]{0,9}$")
 HOST_NAME = re.compile(r"^[a-z][a-z0-9]{0,9}$")
 CC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
+# Values that reach an ssh or ansible command line: no leading '-' (option injection), no
+# whitespace, quotes or '%' (ssh expands %-tokens and splits some option values on spaces).
+SSH_ADDRESS = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,252}$")
+SSH_USER = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+IFACE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,14}$")
+SAFE_PATH = re.compile(r"^[^\s'\"%\\]+$")
 
 
 class _Strict(BaseModel):
@@ -40,10 +46,123 @@ class TcpSettings(_Strict):
         return v
 
 
+def _safe_path(v: str | None) -> str | None:
+    if v is not None and (not SAFE_PATH.match(v) or v.startswith("-")):
+        raise ValueError(f"expected a path without spaces, quotes or '%', got {v!r}")
+    return v
+
+
+class SshHost(_Strict):
+    """An existing machine (provider: ssh): how to reach it and which interfaces to use."""
+
+    address: str = Field(description="IP address or DNS name the controller reaches it at")
+    user: str | None = None  # default: ssh.user
+    port: int | None = None  # default: ssh.port
+    key_file: str | None = None  # a path; default: ssh.key_file, else ssh-agent
+    os: Literal["linux", "freebsd"] = "linux"
+    # peer host name -> the interface on this host that links to it
+    interfaces: dict[str, str] = {}
+    python: str | None = None  # the interpreter Ansible uses there (default: discovered)
+    # routers only: the bottleneck's queue discipline set up at `up` (see playbooks/README.md)
+    aqm: str | None = None
+    aqm_args: dict[str, str | int | float | bool] = {}
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if not SSH_ADDRESS.match(v):
+            raise ValueError(f"expected an IP address or host name, got {v!r}")
+        return v
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str | None) -> str | None:
+        if v is not None and not SSH_USER.match(v):
+            raise ValueError(f"expected a user name like 'root', got {v!r}")
+        return v
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, v: int | None) -> int | None:
+        if v is not None and not 1 <= v <= 65535:
+            raise ValueError(f"expected a port between 1 and 65535, got {v}")
+        return v
+
+    @field_validator("key_file", "python")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        return _safe_path(v)
+
+    @field_validator("interfaces")
+    @classmethod
+    def _interfaces(cls, v: dict[str, str]) -> dict[str, str]:
+        for peer, name in v.items():
+            if not IFACE_NAME.match(name):
+                raise ValueError(f"expected an interface name like 'eth1' for {peer!r}, got {name!r}")
+        return v
+
+    @field_validator("aqm")
+    @classmethod
+    def _aqm(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[a-z][a-z0-9_]{0,15}$", v):
+            raise ValueError(f"expected a queue discipline name like 'fq_codel', got {v!r}")
+        return v
+
+
+class SshSettings(_Strict):
+    """Settings shared by every host of an ssh testbed (top-level `ssh:`)."""
+
+    user: str = "root"
+    port: int = 22
+    key_file: str | None = None  # a path to a private key; never the key itself
+    known_hosts: str = "~/.ssh/known_hosts"
+    # Host keys are verified against known_hosts. Only for throwaway labs: accept any key.
+    insecure_ignore_host_keys: bool = False
+    connect_timeout: str = "5s"
+    remote_dir: str = "/var/tmp/l4s-testbed"  # where hosts keep state, pids and outputs
+    # The project on the hosts (routers run its delay line and datapaths). Default: the same
+    # path and interpreter as on the controller.
+    project_dir: str | None = None
+    project_python: str | None = None
+    install_project: bool = False  # copy this checkout to project_dir and make a venv there
+    install_packages: bool = False  # install missing iperf3/tcpdump/ethtool with the OS's tool
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        if not SSH_USER.match(v):
+            raise ValueError(f"expected a user name like 'root', got {v!r}")
+        return v
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, v: int) -> int:
+        if not 1 <= v <= 65535:
+            raise ValueError(f"expected a port between 1 and 65535, got {v}")
+        return v
+
+    @field_validator("key_file", "known_hosts", "remote_dir", "project_dir", "project_python")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        return _safe_path(v)
+
+    @field_validator("connect_timeout")
+    @classmethod
+    def _timeout(cls, v: str) -> str:
+        if units.seconds(v) <= 0:
+            raise ValueError(f"expected a positive time like '5s', got {v!r}")
+        return v
+
+    @property
+    def connect_timeout_s(self) -> float:
+        return units.seconds(self.connect_timeout)
+
+
 class HostSpec(_Strict):
     name: str
     role: Literal["sender", "router", "receiver"]
     tcp: TcpSettings = TcpSettings()
+    ssh: SshHost | None = None  # provider: ssh only
 
     @field_validator("name")
     @classmethod
@@ -189,6 +308,9 @@ class Spec(_Strict):
     hosts: list[HostSpec]
     links: list[LinkSpec]
     scenario: Scenario | None = None
+    # netns: namespaces on this machine; ssh: existing machines, set up with Ansible
+    provider: Literal["netns", "ssh"] = "netns"
+    ssh: SshSettings | None = None
     source: str = ""  # the file it came from (filled in by load)
 
     @field_validator("name")
@@ -300,6 +422,7 @@ def check(spec: Spec) -> None:
         raise SpecError(src, f"links[{bi}].bottleneck", "give either 'rtt' or 'delay', not both")
     _check_addresses(spec)
     _check_connected(spec)
+    _check_ssh(spec)
     if spec.scenario is not None:
         spec.scenario.check(spec, src)
 
@@ -320,6 +443,36 @@ def _check_addresses(spec: Spec) -> None:
             raise SpecError(spec.source, f"links[{i}].a_addr",
                             f"subnet {key} is already used by {nets[key]}")
         nets[key] = f"links[{i}]"
+
+
+def _check_ssh(spec: Spec) -> None:
+    """provider: ssh needs every host's address and an interface for each of its links."""
+    src = spec.source
+    if spec.provider != "ssh":
+        for i, h in enumerate(spec.hosts):
+            if h.ssh is not None:
+                raise SpecError(src, f"hosts[{i}].ssh", "ssh settings need 'provider: ssh' at the top")
+        if spec.ssh is not None:
+            raise SpecError(src, "ssh", "ssh settings need 'provider: ssh' at the top")
+        return
+    for i, h in enumerate(spec.hosts):
+        if h.ssh is None:
+            raise SpecError(src, f"hosts[{i}].ssh",
+                            "required for provider: ssh (expected at least {address: ..., interfaces: ...})")
+        peers = [lk.b if lk.a == h.name else lk.a for lk in spec.links if h.name in (lk.a, lk.b)]
+        for peer in peers:
+            if peer not in h.ssh.interfaces:
+                raise SpecError(src, f"hosts[{i}].ssh.interfaces",
+                                f"no interface given for the link to {peer!r} "
+                                f"(expected e.g. {{{peer}: eth1}})")
+        for peer in h.ssh.interfaces:
+            if peer not in peers:
+                raise SpecError(src, f"hosts[{i}].ssh.interfaces.{peer}",
+                                f"{h.name!r} has no link to {peer!r} (links to: {', '.join(peers)})")
+        if len(set(h.ssh.interfaces.values())) != len(h.ssh.interfaces):
+            raise SpecError(src, f"hosts[{i}].ssh.interfaces", "two links use the same interface")
+        if (h.ssh.aqm is not None or h.ssh.aqm_args) and h.role != "router":
+            raise SpecError(src, f"hosts[{i}].ssh.aqm", "only a router has a queue discipline")
 
 
 def _check_connected(spec: Spec) -> None:

@@ -171,6 +171,23 @@ class Testbed:
         self.cleanups = [c for c in self.cleanups if c != {"kind": kind, "value": value}]
         self.save()
 
+    # ---- files on hosts (the netns provider shares this machine's filesystem: no copies)
+    def workdir(self, host: str, local_dir: str | Path) -> str:
+        """Where a process on `host` should write outputs that belong in `local_dir`."""
+        return str(local_dir)
+
+    def collect(self, host: str, remote_dir: str, local_dir: str | Path) -> list[Path]:
+        """Copy what `host` wrote under remote_dir (from workdir) into local_dir; returns the
+        files copied (none when they already are local)."""
+        return []
+
+    def python(self, host: str) -> str:
+        """The interpreter (with this project importable) that runs `python -m orchestrator...`
+        on host."""
+        import sys
+
+        return sys.executable
+
     # ---- convenience
     def host(self, name: str) -> Host:
         try:
