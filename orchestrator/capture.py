@@ -3,10 +3,12 @@
     with Capture(testbed, run_dir):          # every sender's egress and the receivers' ingress
         workloads.run_flows(testbed, scenario, run_dir)
 
-writes run_dir/pcap/<host>-<iface>.pcap. tcpdump starts (and is seen listening) before the
-block runs, and is stopped with SIGINT afterwards, so it flushes and reports its drop counts
-(in `stats`; its stderr is kept as logs/tcpdump-<host>-<iface>.log). Points are 'host:iface',
-'host' (all of its interfaces) or (host, iface) pairs.
+writes run_dir/pcap/<host>-<iface>.pcap. tcpdump writes where its host keeps outputs
+(Testbed.workdir: the run directory itself for namespaces, a directory on the host for remote
+machines), and stop() brings the pcaps back into run_dir/pcap. tcpdump starts (and is seen
+listening) before the block runs, and is stopped with SIGINT afterwards, so it flushes and
+reports its drop counts (in `stats`; its stderr is kept as logs/tcpdump-<host>-<iface>.log).
+Points are 'host:iface', 'host' (all of its interfaces) or (host, iface) pairs.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Capture:
         self.snaplen = snaplen
         self.points = resolve(testbed, points)
         self.procs: dict[tuple[str, str], subprocess.Popen] = {}
+        self.remote: dict[str, str] = {}  # host -> where its tcpdumps write
         self.stats: dict[str, dict[str, int]] = {}
 
     def pcap(self, host: str, iface: str) -> Path:
@@ -47,10 +50,14 @@ class Capture:
         (self.out_dir / "logs").mkdir(parents=True, exist_ok=True)
         try:
             for host, iface in self.points:
+                if host not in self.remote:
+                    self.remote[host] = self.testbed.workdir(host, self.out_dir / "pcap")
                 # --immediate-mode: without it tcpdump hands packets over in blocks and a SIGINT
                 # loses the block in flight (2% of a 2 s flow was seen missing)
                 argv = ["tcpdump", "-n", "-U", "--immediate-mode", "-s", str(self.snaplen),
-                        "-B", str(BUFFER_KIB), "-i", iface, "-w", str(self.pcap(host, iface))]
+                        "-B", str(BUFFER_KIB), "-i", iface, "-w",
+                        f"{self.remote[host]}/{self.pcap(host, iface).name}"]
+                # its stderr (the log) comes to this machine, through ssh for remote hosts
                 with open(self._log(host, iface), "wb") as err:
                     self.procs[(host, iface)] = self.testbed.popen(host, argv, tag="tcpdump", stderr=err)
             for (host, iface), proc in self.procs.items():
@@ -75,6 +82,15 @@ class Capture:
             self.testbed.stop(proc, sig=signal.SIGINT, timeout=5)
             self.stats[f"{host}:{iface}"] = _counts(self._log(host, iface).read_text(errors="replace"))
             del self.procs[(host, iface)]
+        failed = []
+        for host, remote in list(self.remote.items()):
+            del self.remote[host]
+            try:
+                self.testbed.fetch(host, remote, self.out_dir / "pcap")
+            except UserError as e:  # bring back the other hosts' pcaps all the same
+                failed.append(str(e))
+        if failed:
+            raise UserError("could not bring the pcaps back: " + "; ".join(failed))
         return self.stats
 
     def __enter__(self) -> Capture:

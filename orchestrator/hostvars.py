@@ -267,13 +267,8 @@ def _delay_line(tb: Testbed) -> dict[str, Any] | None:
     if bn.delay_mode != "nfqueue" or not (bn.forward_delay_s > 0 or bn.reverse_delay_s > 0
                                           or bn.extra_delay_s):
         return None
-    config = {"base_s": {str(link.DELAY_QUEUE_FORWARD): bn.forward_delay_s,
-                         str(link.DELAY_QUEUE_REVERSE): bn.reverse_delay_s},
-              "extra_s": {ip: 2 * d for ip, d in bn.extra_delay_s.items()}}
-    pairs = [(dev, link.DELAY_QUEUE_FORWARD) for dev in bn.ingress] if bn.forward_delay_s > 0 else []
-    pairs.append((bn.egress, link.DELAY_QUEUE_REVERSE))
-    rules = [["FORWARD", "-i", dev, "-m", "comment", "--comment", f"tb-{tb.name}-delay", "-j", "NFQUEUE",
-              "--queue-num", str(q), "--queue-bypass"] for dev, q in pairs]
+    config = link.delay_config(tb)
+    rules = link.delay_rules(tb)  # the same rules (and comment) as link.py's, so either removes them
     return {"config": config, "ready": DELAYLINE_READY,
             "add": [["iptables", "-t", "mangle", "-A", *r] for r in rules],
             "del": [["iptables", "-t", "mangle", "-D", *r] for r in rules],

@@ -12,8 +12,7 @@ Delay: netem where the kernel has it, else the project's NFQUEUE delay line (del
 from __future__ import annotations
 
 import json
-import os
-import signal
+import shlex
 import subprocess
 
 from orchestrator.testbed import Testbed
@@ -77,24 +76,39 @@ def _netem_on(tb: Testbed, host: str, dev: str, delay_s: float) -> None:
                       f"{delay_s * 1e6:.0f}us", "limit", "100000"])
 
 
+def delay_comment(tb: Testbed) -> str:
+    """Every delay-line rule carries it: stop_delay deletes only ours, on any router."""
+    return f"tb-{tb.name}-delay"
+
+
+def delay_config(tb: Testbed) -> dict:
+    bn = tb.bottleneck
+    return {"base_s": {str(DELAY_QUEUE_FORWARD): bn.forward_delay_s,
+                       str(DELAY_QUEUE_REVERSE): bn.reverse_delay_s},
+            "extra_s": {ip: 2 * d for ip, d in bn.extra_delay_s.items()}}
+
+
+def delay_rules(tb: Testbed) -> list[list[str]]:
+    """The mangle FORWARD rules (without -A/-D) that send both directions to the delay line."""
+    bn = tb.bottleneck
+    pairs = [(dev, DELAY_QUEUE_FORWARD) for dev in bn.ingress] if bn.forward_delay_s > 0 else []
+    pairs.append((bn.egress, DELAY_QUEUE_REVERSE))
+    return [["FORWARD", "-i", dev, "-m", "comment", "--comment", delay_comment(tb), "-j", "NFQUEUE",
+             "--queue-num", str(q), "--queue-bypass"] for dev, q in pairs]
+
+
 def _delay_line(tb: Testbed) -> None:
     bn = tb.bottleneck
-    config = {"base_s": {str(DELAY_QUEUE_FORWARD): bn.forward_delay_s,
-                         str(DELAY_QUEUE_REVERSE): bn.reverse_delay_s},
-              "extra_s": {ip: 2 * d for ip, d in bn.extra_delay_s.items()}}
-    path = tb.state_dir / "delayline.json"
-    path.write_text(json.dumps(config))
-    log = open(tb.state_dir / "delayline.log", "wb")
-    proc = tb.popen(bn.router, [_python(), "-m", "orchestrator.delayline", str(path)],
-                    tag="delayline", stdout=log, stderr=subprocess.STDOUT)
-    _wait_ready(tb, proc, tb.state_dir / "delayline.log")
-    rules = []
-    if bn.forward_delay_s > 0:
-        rules += [(dev, DELAY_QUEUE_FORWARD) for dev in bn.ingress]
-    rules.append((bn.egress, DELAY_QUEUE_REVERSE))
-    for dev, queue in rules:
-        tb.run(bn.router, ["iptables", "-t", "mangle", "-A", "FORWARD", "-i", dev, "-j", "NFQUEUE",
-                           "--queue-num", str(queue), "--queue-bypass"])
+    # the config goes where the router reads files (this machine for namespaces, else pushed)
+    path = f"{tb.workdir(bn.router, tb.state_dir)}/delayline.json"
+    tb.put(bn.router, path, json.dumps(delay_config(tb)))
+    log_path = tb.state_dir / "delayline.log"
+    with open(log_path, "wb") as log:  # the process's stdout, through ssh on remote routers
+        proc = tb.popen(bn.router, [tb.python(bn.router), "-m", "orchestrator.delayline", path],
+                        tag="delayline", stdout=log, stderr=subprocess.STDOUT)
+    _wait_ready(tb, proc, log_path)
+    for rule in delay_rules(tb):
+        tb.run(bn.router, ["iptables", "-t", "mangle", "-A", *rule])
 
 
 def _wait_ready(tb: Testbed, proc: subprocess.Popen, log_path) -> None:
@@ -112,12 +126,6 @@ def _wait_ready(tb: Testbed, proc: subprocess.Popen, log_path) -> None:
     raise UserError(f"the delay line did not start in 15 s: {log_path.read_text()[-800:]}")
 
 
-def _python() -> str:
-    import sys
-
-    return sys.executable
-
-
 def stop_delay(tb: Testbed) -> None:
     """Stop the delay line (or remove netem) and its rules."""
     bn = tb.bottleneck
@@ -129,33 +137,19 @@ def stop_delay(tb: Testbed) -> None:
         tb.run(receiver.name, ["tc", "qdisc", "del", "dev", receiver.iface_to(bn.router).name, "root"],
                check=False)
         return
-    tb.run(bn.router, ["iptables", "-t", "mangle", "-F", "FORWARD"], check=False)
-    for proc in [p for p in tb.processes if p.tag == "delayline"]:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        _wait_gone(proc.pid)
-    tb.processes = [p for p in tb.processes if p.tag != "delayline"]
-    tb.save()
+    _delete_delay_rules(tb)
+    # whoever started it: this process, an earlier one (the state file), or the ssh playbook
+    tb.stop_tagged("delayline")
 
 
-def _wait_gone(pid: int, timeout: float = 5.0) -> None:
-    """Wait until pid has exited (its NFQUEUE queues are only free then), else kill it."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.01)
-    os.killpg(pid, signal.SIGKILL)
+def _delete_delay_rules(tb: Testbed) -> None:
+    """Delete the rules carrying our comment (a real router may have rules of its own)."""
+    router = tb.bottleneck.router
+    res = tb.run(router, ["iptables", "-t", "mangle", "-S", "FORWARD"], check=False)
+    for line in res.stdout.splitlines():
+        args = shlex.split(line)
+        if args[:1] == ["-A"] and delay_comment(tb) in args:
+            tb.run(router, ["iptables", "-t", "mangle", "-D", *args[1:]], check=False)
 
 
 def reconfigure(tb: Testbed, rate_bps: float | None = None, rtt_s: float | None = None,
@@ -164,6 +158,11 @@ def reconfigure(tb: Testbed, rate_bps: float | None = None, rtt_s: float | None 
     from orchestrator.spec import _parse_buffer
 
     bn = tb.bottleneck
+    if bn.delay_mode == "dummynet":
+        from orchestrator.errors import UserError
+
+        raise UserError("changing the link in place is not supported on a FreeBSD (dummynet) router; "
+                        "bring the testbed up again with the new rate, RTT or buffer")
     if rate_bps is not None:
         bn.rate_bps = rate_bps
     if rtt_s is not None:

@@ -26,7 +26,8 @@ Progress = Callable[[str, float], None]  # (phase, seconds left or -1)
 
 DATAPATHS = {"nfqueue": "orchestrator.bottleneck.nfqueue:NfqueueDatapath",
              "ebpf": "orchestrator.bottleneck.ebpf:EbpfDatapath",
-             "kernel": "orchestrator.bottleneck.kernel:KernelDatapath"}
+             "kernel": "orchestrator.bottleneck.kernel:KernelDatapath",
+             "dummynet": "orchestrator.bottleneck.dummynet:DummynetDatapath"}
 DEFAULT_DATAPATH = "nfqueue"
 
 

@@ -181,6 +181,46 @@ class Testbed:
         files copied (none when they already are local)."""
         return []
 
+    def fetch(self, host: str, remote_dir: str, local_dir: str | Path) -> list[Path]:
+        """collect(), then remove remote_dir on the host, so a long sweep does not fill a
+        remote disk (nothing is removed where remote_dir is local_dir itself)."""
+        files = self.collect(host, remote_dir, local_dir)
+        if Path(remote_dir).resolve() != Path(local_dir).resolve():
+            self.run(host, ["rm", "-rf", remote_dir], check=False)
+        return files
+
+    def put(self, host: str, path: str, data: str | bytes, mode: int = 0o600) -> None:
+        """Write a file on host (parents made); here the host sees this filesystem."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+
+    def shares_files(self, host: str) -> bool:
+        """True if host sees this machine's filesystem (outputs need no copying)."""
+        return True
+
+    def signal(self, proc: subprocess.Popen, sig: int) -> None:
+        """Send sig to a process started with popen, without waiting (e.g. SIGINT to iperf3)."""
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop_tagged(self, tag: str, timeout: float = 5.0) -> None:
+        """Stop every process recorded with `tag` (also ones another process started), wait
+        until each is gone, and forget them."""
+        for proc in [p for p in self.processes if p.tag == tag]:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            _wait_gone(proc.pid, timeout)
+        self.processes = [p for p in self.processes if p.tag != tag]
+        self.save()
+
     def python(self, host: str) -> str:
         """The interpreter (with this project importable) that runs `python -m orchestrator...`
         on host."""
@@ -217,6 +257,25 @@ class Testbed:
                 return
             time.sleep(0.05)
         raise UserError(f"{host}: nothing listens on port {port} after {timeout}s")
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    """Wait until pid has exited (e.g. its NFQUEUE queues are only free then), else kill it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.01)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def load(name: str | None = None) -> Testbed:

@@ -48,7 +48,7 @@ class Codel(Policy):
     name = "codel"
     Params = CodelParams
     params: CodelParams
-    datapaths = ("nfqueue", "kernel")
+    datapaths = ("nfqueue", "kernel", "dummynet")
     per_packet = True
 
     def __init__(self, params: CodelParams | None = None) -> None:

@@ -24,6 +24,7 @@ class Fifo(Policy):
     """Tail drop: enqueue every packet until the buffer is full."""
 
     name = "fifo"
+    datapaths = ("nfqueue", "ebpf", "kernel", "dummynet")
     Params = FifoParams
     params: FifoParams
 

@@ -57,6 +57,7 @@ class Pie(Policy):
     """PIE (RFC 8033): a PI controller on queue delay with auto-tuned gains and burst allowance."""
 
     name = "pie"
+    datapaths = ("nfqueue", "ebpf", "kernel", "dummynet")
     Params = PieParams
     params: PieParams
 

@@ -83,7 +83,7 @@ def test_update_leaves_everything_to_the_per_packet_hook():
     pol = Codel()
     d = pol.update(QueueState(t=0, dt=0.016, link_rate_bps=1e6))
     assert d.classic.p_enqueue == d.l4s.p_enqueue == 1.0
-    assert Codel.per_packet and set(Codel.datapaths) == {"nfqueue", "kernel"}
+    assert Codel.per_packet and set(Codel.datapaths) == {"nfqueue", "kernel", "dummynet"}
 
 
 def test_bad_values_name_the_key():

@@ -71,7 +71,8 @@ def test_describe_lists_params_and_datapaths():
     assert dp["doc"] and "kernel" in dp["datapaths"]
     step = next(p for p in dp["params"] if p["name"] == "step_thresh_ms")
     assert step["default"] == 1.0 and step["help"]
-    assert info["codel"]["per_packet"] is True and info["codel"]["datapaths"] == ["nfqueue", "kernel"]
+    assert info["codel"]["per_packet"] is True
+    assert info["codel"]["datapaths"] == ["nfqueue", "kernel", "dummynet"]
 
 
 def test_lazy_registration_imports_on_use(monkeypatch):

@@ -14,11 +14,18 @@ import os
 import platform
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator.errors import UserError
 
+if TYPE_CHECKING:
+    from orchestrator.testbed import Testbed
+
 BPF_DIR = Path(__file__).parent / "bpf"
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
+CLANG_FLAGS = ["-O2", "-g", "-target", "bpf"]
+# A fixed script with paths as arguments: vmlinux.h of the host's own kernel, made once.
+VMLINUX_H = 'test -s "$1" || bpftool btf dump file /sys/kernel/btf/vmlinux format c > "$1"'
 
 
 def cache_dir() -> Path:
@@ -42,10 +49,37 @@ def build(source: str) -> Path:
         text = _tool(["bpftool", "btf", "dump", "file", str(VMLINUX_BTF), "format", "c"])
         _write_atomic(vmlinux, text.encode())
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
-    _tool(["clang", "-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86", "-I", str(kdir),
-           "-c", str(src), "-o", str(tmp)])
+    _tool(["clang", *CLANG_FLAGS, "-D__TARGET_ARCH_x86", "-I", str(kdir), "-c", str(src), "-o", str(tmp)])
     os.replace(tmp, out)
     return out
+
+
+def build_on(tb: Testbed, host: str) -> str:
+    """build('dualq.c'), as a path on `host` (see on_host)."""
+    return on_host(tb, host, build("dualq.c"), BPF_DIR / "dualq.c", [*CLANG_FLAGS, "-D__TARGET_ARCH_x86"])
+
+
+def on_host(tb: Testbed, host: str, obj: Path, src: Path, flags: list[str]) -> str:
+    """Where `host` finds `obj` (built here from src with clang flags).
+
+    A host that sees this filesystem (namespaces) uses the local object. A remote host whose
+    kernel release is this machine's gets a copy: the object was built against this kernel's
+    BTF. Any other host compiles src itself, against its own kernel's BTF (it needs clang and
+    bpftool). Either way the object is kept in the host's workdir for the next run."""
+    if tb.shares_files(host):
+        return str(obj)
+    release = tb.run(host, ["uname", "-r"]).stdout.strip()
+    where = tb.workdir(host, cache_dir() / release)
+    target = f"{where}/{obj.name}"
+    if tb.run(host, ["test", "-s", target], check=False).returncode == 0:
+        return target
+    if release == platform.release():
+        tb.put(host, target, obj.read_bytes(), mode=0o644)
+        return target
+    tb.put(host, f"{where}/{src.name}", src.read_bytes(), mode=0o644)
+    tb.run(host, ["sh", "-c", VMLINUX_H, "sh", f"{where}/vmlinux.h"], timeout=120)
+    tb.run(host, ["clang", *flags, "-I", where, "-c", f"{where}/{src.name}", "-o", target], timeout=300)
+    return target
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -29,7 +29,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -63,7 +62,9 @@ class EbpfDatapath(Datapath):
         self.sample_rate = sample_rate
         self.agent: subprocess.Popen | None = None
         self.cfg: dict[str, Any] = {}
-        self.cfg_path: Path | None = None
+        self.cfg_path: str | None = None  # on the router
+        self.tel: Path | None = None
+        self.remote: str | None = None  # where the router writes telemetry (Testbed.workdir)
 
     def unsupported(self, policy: Policy) -> str | None:
         why = super().unsupported(policy)
@@ -75,11 +76,13 @@ class EbpfDatapath(Datapath):
     # ---- start
     def start(self, policy: Policy, run_dir: Path) -> None:
         self.check(policy)
-        tel = run_dir / "telemetry"
+        tel = self.tel = run_dir / "telemetry"
         tel.mkdir(parents=True, exist_ok=True)
-        self.cfg = self._config(policy, tel)
-        self.cfg_path = tel / "ebpf-agent.json"
-        self.cfg_path.write_text(json.dumps(self.cfg, indent=1, default=str))
+        router = self.testbed.bottleneck.router
+        self.remote = self.testbed.workdir(router, tel)  # brought back into tel by stop()
+        self.cfg = self._config(policy, self.remote)
+        self.cfg_path = f"{self.remote}/ebpf-agent.json"
+        self.testbed.put(router, self.cfg_path, json.dumps(self.cfg, indent=1, default=str))
         try:
             self._agent_cmd("setup")
             qc = policy.queue_config()
@@ -89,7 +92,7 @@ class EbpfDatapath(Datapath):
             self.clean(self.testbed)
             raise
 
-    def _config(self, policy: Policy, tel: Path) -> dict[str, Any]:
+    def _config(self, policy: Policy, tel: str) -> dict[str, Any]:
         """What the agent needs: the policy by name and parameters (it builds its own copy:
         policies are pure), exploration noise if the policy is wrapped in it, the link."""
         from policies.explore import Explore
@@ -102,14 +105,15 @@ class EbpfDatapath(Datapath):
                        "seed": seed or 0}
             policy = policy.inner
         return {
-            "pin_dir": str(self.testbed.bpffs() / PIN_SUBDIR), "obj": str(bpfobj.build("dualq.c")),
+            "pin_dir": str(self.testbed.bpffs() / PIN_SUBDIR),
+            "obj": bpfobj.build_on(self.testbed, bn.router),  # copied or compiled there if remote
             "ifname": bn.egress, "link_rate_bps": bn.rate_bps, "classids": list(CLASSIDS),
             "leaf_handles": list(LEAF_HANDLES),
             "limit_pkts": qc.limit_pkts or bn.buffer_pkts, "single_queue": not qc.dualq,
             "sample_every": self._sample_every(bn.rate_bps),
             "policy": policy.name, "policy_args": _params(policy), "explore": explore,
             "tupdate_s": qc.tupdate_s,
-            "out_dir": str(tel), "stats_file": str(tel / "ebpf-agent-stats.json"),
+            "out_dir": tel, "stats_file": f"{tel}/ebpf-agent-stats.json",
         }
 
     def _sample_every(self, rate_bps: float) -> int:
@@ -157,16 +161,24 @@ class EbpfDatapath(Datapath):
                             "applying its last decision", rc)
                 counters["agent_exit_code"] = rc
             self.testbed.stop(self.agent)
-            stats = Path(self.cfg["stats_file"])
-            if stats.exists():
-                counters.update(json.loads(stats.read_text()))
         try:
-            counters.update(json.loads(self._agent_cmd("finish").stdout))
+            totals = json.loads(self._agent_cmd("finish").stdout)
             counters["sample_rate"] = 1 / self.cfg["sample_every"]
         finally:
             self.clean(self.testbed)
-            self.agent = None
+            self._fetch()
+        stats = self.tel / "ebpf-agent-stats.json" if self.tel else None
+        if self.agent is not None and stats is not None and stats.exists():
+            counters.update(json.loads(stats.read_text()))
+        self.agent = None
+        counters.update(totals)
         return counters
+
+    def _fetch(self) -> None:
+        """Bring the router's telemetry back into run_dir/telemetry (nothing to do locally)."""
+        if self.remote is not None and self.tel is not None:
+            self.testbed.fetch(self.testbed.bottleneck.router, self.remote, self.tel)
+            self.remote = None
 
     # ---- clean
     @classmethod
@@ -191,7 +203,7 @@ class EbpfDatapath(Datapath):
 
     # ---- helpers
     def _agent_argv(self, command: str) -> list[str]:
-        return [sys.executable, "-m", AGENT, command, str(self.cfg_path)]
+        return [self.testbed.python(self.testbed.bottleneck.router), "-m", AGENT, command, str(self.cfg_path)]
 
     def _agent_cmd(self, command: str) -> subprocess.CompletedProcess:
         return self.testbed.run(self.testbed.bottleneck.router, self._agent_argv(command), timeout=60)

@@ -21,6 +21,7 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,9 @@ class KernelDatapath(Datapath):
             leaf_args(policy, self.testbed.bottleneck.buffer_pkts, self.testbed.bottleneck.rate_bps)
         except UserError as e:
             return str(e)
-        return missing(kind)
+        if self.testbed.shares_files(self.testbed.bottleneck.router):
+            return missing(kind)  # the router runs this machine's kernel
+        return missing_on(self.testbed, kind)
 
     def start(self, policy: Policy, run_dir: Path) -> None:
         self.check(policy)
@@ -213,24 +216,40 @@ def _dualpi2(p: Any) -> list[str]:
 @functools.cache
 def missing(kind: str) -> str | None:
     """Why qdisc `kind` cannot be used here (kernel and tc both checked), or None."""
+    return _missing(kind, _run, "this")
+
+
+def missing_on(tb: Testbed, kind: str) -> str | None:
+    """As missing(), on the testbed's (remote) router: its kernel and its tc."""
+    router = tb.bottleneck.router
+    return _missing(kind, lambda argv: tb.run(router, argv, check=False), f"{router}'s")
+
+
+Runner = Callable[[list[str]], subprocess.CompletedProcess]
+
+
+def _missing(kind: str, run: Runner, whose: str) -> str | None:
+    """Probe in a scratch namespace, so the probe never touches a real interface."""
     ns = f"tbkprobe{os.getpid()}"
-    if _run(["ip", "netns", "add", ns]).returncode != 0:
+    if run(["ip", "netns", "add", ns]).returncode != 0:
         return f"cannot create a scratch namespace to probe for the {kind!r} qdisc (needs root)"
     try:
-        _run(["ip", "-n", ns, "link", "add", "p0", "type", "veth", "peer", "name", "p1"])
-        kernel = _run(["tc", "-n", ns, "qdisc", "add", "dev", "p0", "root", kind])
-        parser = _run(["tc", "-n", ns, "qdisc", "add", "dev", "p0", "root", kind, "help"])
+        run(["ip", "-n", ns, "link", "add", "p0", "type", "veth", "peer", "name", "p1"])
+        kernel = run(["tc", "-n", ns, "qdisc", "add", "dev", "p0", "root", kind])
+        parser = run(["tc", "-n", ns, "qdisc", "add", "dev", "p0", "root", kind, "help"])
     finally:
-        _run(["ip", "netns", "del", ns])
+        run(["ip", "netns", "del", ns])
     problems = []
     if kernel.returncode != 0:
-        module = _run(["modinfo", "-F", "filename", f"sch_{kind}"])
+        module = run(["modinfo", "-F", "filename", f"sch_{kind}"])
         where = (f"its module sch_{kind} exists but did not load" if module.returncode == 0
                  else f"no module sch_{kind} and not built in")
-        problems.append(f"kernel {os.uname().release} has no {kind!r} qdisc ({where}: "
+        release = run(["uname", "-r"]).stdout.strip()
+        problems.append(f"{whose} kernel {release} has no {kind!r} qdisc ({where}: "
                         f"{kernel.stderr.strip()})")
     if "Unknown qdisc" in parser.stderr:
-        problems.append(f"this tc ({_tc_version()}) cannot parse {kind!r} options")
+        tc = run(["tc", "-V"]).stdout.strip() or "tc"
+        problems.append(f"{whose} tc ({tc}) cannot parse {kind!r} options")
     if not problems:
         return None
     return (f"the kernel datapath needs the {kind!r} qdisc: " + "; ".join(problems) +
@@ -239,7 +258,3 @@ def missing(kind: str) -> str | None:
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, check=False)
-
-
-def _tc_version() -> str:
-    return _run(["tc", "-V"]).stdout.strip() or "tc"

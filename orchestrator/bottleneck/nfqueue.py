@@ -15,7 +15,6 @@ import dataclasses
 import json
 import shlex
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ class NfqueueDatapath(Datapath):
         self.proc: subprocess.Popen | None = None
         self.run_dir: Path | None = None
         self.log_path: Path | None = None
+        self.remote: str | None = None  # where the router writes telemetry (see Testbed.workdir)
 
     def start(self, policy: Policy, run_dir: Path) -> None:
         self.check(policy)
@@ -53,15 +53,16 @@ class NfqueueDatapath(Datapath):
         self.run_dir = Path(run_dir)
         tel = self.run_dir / "telemetry"
         tel.mkdir(parents=True, exist_ok=True)
-        config_path = tel / "nfqueue-config.json"
+        self.remote = tb.workdir(bn.router, tel)  # brought back into tel by stop()
+        config_path = f"{self.remote}/nfqueue-config.json"
         config = self.config(policy)
-        config_path.write_text(json.dumps(config, indent=1, default=str))
-        Path(config["counters_path"]).unlink(missing_ok=True)  # never report an earlier run's
-        self.log_path = tel / "nfqueue-link.log"
+        tb.put(bn.router, config_path, json.dumps(config, indent=1, default=str))
+        tb.run(bn.router, ["rm", "-f", config["counters_path"]])  # never report an earlier run's
+        self.log_path = tel / "nfqueue-link.log"  # its stdout: on this machine for every provider
+        argv = [tb.python(bn.router), "-m", "orchestrator.bottleneck.nfqueue_link", "--config", config_path]
         with open(self.log_path, "wb") as out:
-            self.proc = tb.popen(bn.router, [sys.executable, "-m", "orchestrator.bottleneck.nfqueue_link",
-                                             "--config", str(config_path)],
-                                 tag="nfqueue-link", stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+            self.proc = tb.popen(bn.router, argv, tag="nfqueue-link", stdout=out, stderr=subprocess.STDOUT,
+                                 cwd=REPO)
         try:
             self._wait_ready()
             link.remove_shaper(tb)
@@ -79,6 +80,7 @@ class NfqueueDatapath(Datapath):
 
         bn = self.testbed.bottleneck
         assert self.run_dir is not None
+        tel = self.remote or str(self.run_dir / "telemetry")
         seed = getattr(self, "seed", None)  # set by orchestrator.run
         explore = None
         if isinstance(policy, Explore):  # exploration noise around a registered policy
@@ -93,8 +95,8 @@ class NfqueueDatapath(Datapath):
             # the kernel's receive timestamp is the arrival, unless a delay line holds the
             # packets between the receive and us (nfqueue_link.py explains)
             "kernel_timestamps": not (bn.delay_mode == "nfqueue" and bn.forward_delay_s > 0),
-            "telemetry_dir": str(self.run_dir / "telemetry"),
-            "counters_path": str(self.run_dir / "telemetry" / "nfqueue-counters.json"),
+            "telemetry_dir": tel,
+            "counters_path": f"{tel}/nfqueue-counters.json",
         }
 
     def _wait_ready(self) -> None:
@@ -127,6 +129,9 @@ class NfqueueDatapath(Datapath):
                                          f"bypassed it unshaped from then on; see {self.log_path}")
             self.proc = None
         link.install_shaper(tb)
+        if self.run_dir is not None and self.remote is not None:
+            tb.fetch(tb.bottleneck.router, self.remote, self.run_dir / "telemetry")
+            self.remote = None
         if self.run_dir is not None:
             path = self.run_dir / "telemetry" / "nfqueue-counters.json"
             if path.exists():

@@ -58,7 +58,7 @@ def load_scenario(path: str | None, tb: Any) -> Any:
 
 @click.command()
 @click.option("--policy", help="AQM policy (see `testbed policies`). Default: the scenario's, else dualpi2.")
-@click.option("--datapath", type=click.Choice(["nfqueue", "ebpf", "kernel"]),
+@click.option("--datapath", type=click.Choice(["nfqueue", "ebpf", "kernel", "dummynet"]),
               help="Where the policy runs (default: the scenario's, else nfqueue).")
 @click.option("--scenario", "scenario_file", type=click.Path(dir_okay=False),
               help="Scenario file (default: the testbed file's scenario).")

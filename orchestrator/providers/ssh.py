@@ -53,6 +53,13 @@ WRAPPER = ('case "$(ps -o comm= -p "$PPID" 2>/dev/null)" in sshd*) ;; *) exit 25
            '>/dev/null 2>&1 </dev/null & w=$!; '
            'wait "$c"; rc=$?; kill "$w" 2>/dev/null; rm -f "$pidf"; exit "$rc"')
 
+# TERM the pid in each pid file, wait ($1 ticks of 50 ms) until it is gone, then KILL it.
+# Stdlib shell only: the same on Linux and FreeBSD.
+STOP_BY_PIDFILE = ('n=$1; shift; for f in "$@"; do p=$(cat "$f" 2>/dev/null) || continue; '
+                   'kill -TERM "$p" 2>/dev/null || { rm -f "$f"; continue; }; i=0; '
+                   'while kill -0 "$p" 2>/dev/null && [ "$i" -lt "$n" ]; do sleep 0.05; i=$((i+1)); done; '
+                   'kill -0 "$p" 2>/dev/null && kill -KILL "$p"; rm -f "$f"; done; exit 0')
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -236,6 +243,50 @@ class SshTestbed(Testbed):
             return _fetch_tree(client.open_sftp(), remote_dir, local)
         finally:
             client.close()
+
+    def put(self, host: str, path: str, data: str | bytes, mode: int = 0o600) -> None:
+        """Write a file on host over SFTP (parents made), atomically by a rename."""
+        self.run(host, ["mkdir", "-p", str(PurePosixPath(path).parent)])
+        client = connect(self.spec(), host)
+        try:
+            sftp = client.open_sftp()
+            tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+            with sftp.open(tmp, "wb") as f:
+                f.write(data.encode() if isinstance(data, str) else data)
+            sftp.chmod(tmp, mode)
+            sftp.posix_rename(tmp, path)
+        finally:
+            client.close()
+
+    def shares_files(self, host: str) -> bool:
+        return False
+
+    def signal(self, proc: subprocess.Popen, sig: int) -> None:
+        """Signal the remote process itself (signalling the local ssh client would end the
+        connection and lose the process's output)."""
+        rec = next((p for p in self.processes if p.pid == proc.pid), None)
+        pidfile = self.extra.get("pidfiles", {}).get(str(proc.pid))
+        if rec is not None and pidfile and proc.poll() is None:
+            self._signal(rec.host, pidfile, sig, proc)
+
+    def stop_tagged(self, tag: str, timeout: float = 5.0) -> None:
+        """As Testbed.stop_tagged, by the remote pid files: the ones popen wrote (also from
+        another controller process) and the one of the playbook's daemon of that name
+        (site.yml starts the delay line as daemon 'delayline')."""
+        for host in self.hosts:
+            files = [self.extra.get("pidfiles", {}).get(str(p.pid)) for p in self.processes
+                     if p.tag == tag and p.host == host]
+            files.append(f"{self.host_dir(host)}/pids/{tag}.pid")
+            self.run(host, ["sh", "-c", STOP_BY_PIDFILE, "sh", str(round(timeout * 20)),
+                            *[f for f in files if f]], check=False, timeout=timeout + 30)
+        for proc in [p for p in self.processes if p.tag == tag]:  # the local ssh clients
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.extra.get("pidfiles", {}).pop(str(proc.pid), None)
+        self.processes = [p for p in self.processes if p.tag != tag]
+        self.save()
 
     def bpffs(self) -> Path:
         """A bpffs of the testbed's own on the bottleneck router (pinning only works on hosts

@@ -38,7 +38,7 @@ def cleanup(testbed: Testbed, kind: str, value: str) -> bool:
     from orchestrator.workloads import ccroute, ect1, l4s
 
     if kind == "struct_ops":
-        l4s.unregister_cc(value)
+        l4s.undo(testbed, value)
     elif kind == ect1.CLEANUP_KIND:
         ect1.undo(testbed, value)
     elif kind == ccroute.CLEANUP_KIND:

@@ -14,8 +14,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from orchestrator.bottleneck.bpfobj import VMLINUX_BTF, cache_dir
+from orchestrator.bottleneck.bpfobj import CLANG_FLAGS, VMLINUX_BTF, cache_dir, on_host
 from orchestrator.errors import UserError
+from orchestrator.testbed import Testbed
 
 BPF_DIR = Path(__file__).parent / "bpf"
 
@@ -49,10 +50,15 @@ def build(source: str, defines: dict[str, str | int] | None = None) -> Path:
         text = _tool(["bpftool", "btf", "dump", "file", str(VMLINUX_BTF), "format", "c"])
         _write_atomic(vmlinux, text.encode())
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
-    _tool(["clang", "-O2", "-g", "-target", "bpf", *flags, "-I", str(kdir), "-c", str(src),
-           "-o", str(tmp)])
+    _tool(["clang", *CLANG_FLAGS, *flags, "-I", str(kdir), "-c", str(src), "-o", str(tmp)])
     os.replace(tmp, out)  # atomic: parallel builds of the same object are harmless
     return out
+
+
+def build_on(testbed: Testbed, host: str, source: str, defines: dict[str, str | int] | None = None) -> str:
+    """build(), as a path on `host`: copied there or compiled there (bpfobj.on_host)."""
+    flags = [f"-D{k}={v}" for k, v in sorted((defines or {}).items())]
+    return on_host(testbed, host, build(source, defines), BPF_DIR / source, [*CLANG_FLAGS, *flags])
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

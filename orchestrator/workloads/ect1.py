@@ -17,13 +17,13 @@ CLEANUP_KIND = "tc-filter"
 
 
 def attach(testbed: Testbed, host: str, iface: str) -> None:
-    obj = bpfbuild.build("ect1_rewrite.bpf.c", {"ECT1_MARK": hex(MARK_ECT1)})
+    obj = bpfbuild.build_on(testbed, host, "ect1_rewrite.bpf.c", {"ECT1_MARK": hex(MARK_ECT1)})
     testbed.add_cleanup(CLEANUP_KIND, f"{host}:{iface}")
     qdiscs = testbed.run(host, ["tc", "qdisc", "show", "dev", iface]).stdout
     if "clsact" not in qdiscs:
         testbed.run(host, ["tc", "qdisc", "add", "dev", iface, "clsact"])
     testbed.run(host, ["tc", "filter", "replace", "dev", iface, "egress", "pref", str(PREF),
-                       "handle", "1", "bpf", "direct-action", "obj", str(obj), "sec", "tc"])
+                       "handle", "1", "bpf", "direct-action", "obj", obj, "sec", "tc"])
 
 
 def attached(testbed: Testbed, host: str, iface: str) -> bool:

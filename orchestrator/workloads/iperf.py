@@ -9,7 +9,6 @@ and its per-interval RTT and cwnd become the report's tcp_info rows.
 from __future__ import annotations
 
 import math
-import os
 import signal
 import time
 from typing import Any
@@ -63,7 +62,7 @@ class IperfRunner(Runner):
             # which iperf3 still writes its JSON (with an 'interrupt' error, dropped below)
             self.interrupted = True
             if self.client is not None and self.client.poll() is None:
-                os.killpg(self.client.pid, signal.SIGINT)
+                self.tb.signal(self.client, signal.SIGINT)  # iperf3 itself, wherever it runs
 
     def _cut_short(self) -> bool:
         d = self.plan.duration_s

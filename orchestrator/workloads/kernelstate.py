@@ -33,6 +33,12 @@ class KernelState:
         self.sysctls: list[tuple[str, str, str]] = []  # (host, key, previous value)
 
     def setup(self, plans: list[FlowPlan]) -> None:
+        # the scalable CC is registered once, in the kernel of every host an L4S flow uses
+        scalable = [p for p in plans if p.spec.kind == "l4s"
+                    and l4s.choose(self.testbed, p.spec.src, p.spec.cc) == l4s.SCALABLE]
+        if scalable:
+            hosts = [h for p in scalable for h in (p.spec.src, p.spec.dst)]
+            self.cc[l4s.SCALABLE] = l4s.register_cc(self.testbed, hosts)
         for p in plans:
             if p.spec.kind == "l4s":
                 self._l4s(p)
@@ -108,8 +114,7 @@ class KernelState:
         elif what == "route":
             ccroute.remove(self.testbed, item)  # type: ignore[arg-type]
         else:
-            l4s.unregister_cc(item.name)  # type: ignore[attr-defined]
-            self.testbed.remove_cleanup("struct_ops", item.name)  # type: ignore[attr-defined]
+            l4s.unregister(self.testbed, item)  # type: ignore[arg-type]
 
 
 def egress_iface(testbed: Testbed, host: str, dst_ip: str) -> str:

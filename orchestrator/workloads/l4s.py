@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from orchestrator.errors import UserError
@@ -31,6 +32,7 @@ PRAGUE = "prague"
 SCALABLE = "scalable"
 TCP_CONG_NEEDS_ECN = 0x2
 TCP_CONG_NEEDS_ACCECN = 0x4
+CCS = "/proc/sys/net/ipv4/tcp_available_congestion_control"
 NAME_MAX = 15  # TCP_CA_NAME_MAX - 1, and BPF_OBJ_NAME_LEN - 1 for the struct_ops map
 
 
@@ -40,6 +42,8 @@ class CongestionControl:
     kind: str  # 'prague' or 'scalable'
     accecn: bool  # AccECN is requested by this CC
     rewrite_ect1: bool  # data leave as ECT(0) and need the egress rewrite to ECT(1)
+    local: bool = False  # registered in this machine's kernel (namespace hosts)
+    hosts: tuple[str, ...] = ()  # remote hosts it is registered on
 
 
 def cc_name(testbed: Testbed) -> str:
@@ -85,28 +89,76 @@ def prague() -> CongestionControl:
     return CongestionControl(PRAGUE, PRAGUE, accecn=True, rewrite_ect1=False)
 
 
-def register_cc(testbed: Testbed) -> CongestionControl:
-    """Build and register this testbed's scalable CC; `testbed down` will unregister it."""
+def register_cc(testbed: Testbed, hosts: Sequence[str] = ()) -> CongestionControl:
+    """Build and register this testbed's scalable CC in the kernels of `hosts` (this
+    machine's kernel for namespace hosts, or when no hosts are given); `testbed down` (or
+    unregister) removes it. A remote host gets the object copied or compiled there."""
     name = cc_name(testbed)
-    unregister_cc(name)  # a leftover of a crashed run would make the name clash
-    testbed.add_cleanup("struct_ops", name)  # before registering: a crash in between is safe
+    remote = [h for h in dict.fromkeys(hosts) if not testbed.shares_files(h)]
+    targets: list[str | None] = ([None] if len(remote) < len(set(hosts)) or not hosts else []) + remote
+    for host in targets:  # a leftover of a crashed run would make the name clash
+        unregister_cc(name, testbed, host)
+    accecn = True
+    for host in targets:
+        testbed.add_cleanup("struct_ops", _record(name, host))  # before: a crash in between is safe
+        accecn = _register(testbed, host, name) and accecn
+    return CongestionControl(name, SCALABLE, accecn=accecn, rewrite_ect1=True,
+                             local=None in targets, hosts=tuple(remote))
+
+
+def _register(testbed: Testbed, host: str | None, name: str) -> bool:
+    """Register in host's kernel (None: this machine's); True if with AccECN."""
+    run = _runner(testbed, host)
+    if name in run(["cat", CCS]).stdout.split():
+        return True  # several "remote" hosts on one kernel (a lab of namespaces over ssh)
     errors = []
     for flags, accecn in ((TCP_CONG_NEEDS_ECN | TCP_CONG_NEEDS_ACCECN, True),
                           (TCP_CONG_NEEDS_ECN, False)):
-        obj = bpfbuild.build("scalable_cc.bpf.c", {"CC_NAME": name, "CC_FLAGS": hex(flags)})
-        res = subprocess.run(["bpftool", "struct_ops", "register", str(obj)],
-                             capture_output=True, text=True)
+        defines = {"CC_NAME": name, "CC_FLAGS": hex(flags)}
+        obj = (str(bpfbuild.build("scalable_cc.bpf.c", defines)) if host is None
+               else bpfbuild.build_on(testbed, host, "scalable_cc.bpf.c", defines))
+        res = run(["bpftool", "struct_ops", "register", obj])
         if res.returncode == 0:
-            return CongestionControl(name, SCALABLE, accecn=accecn, rewrite_ect1=True)
+            return accecn
         errors.append(res.stderr.strip())  # an older kernel refuses NEEDS_ACCECN: try without
-    testbed.remove_cleanup("struct_ops", name)
-    raise UserError(f"cannot register the scalable congestion control {name!r}: {' / '.join(errors)}")
+    testbed.remove_cleanup("struct_ops", _record(name, host))
+    where = f" on {host}" if host else ""
+    raise UserError(f"cannot register the scalable congestion control {name!r}{where}: {' / '.join(errors)}")
 
 
-def registered(name: str) -> list[int]:
+def unregister(testbed: Testbed, cc: CongestionControl) -> None:
+    """Undo register_cc everywhere it registered, and drop the cleanup records."""
+    for host in ([None] if cc.local else []) + list(cc.hosts):
+        unregister_cc(cc.name, testbed, host)
+        testbed.remove_cleanup("struct_ops", _record(cc.name, host))
+
+
+def undo(testbed: Testbed, value: str) -> None:
+    """The 'struct_ops' cleanup record: 'NAME' (this machine) or 'NAME@HOST'."""
+    name, _, host = value.partition("@")
+    if not host:
+        unregister_cc(name)
+    elif host in testbed.hosts:
+        unregister_cc(name, testbed, host)
+
+
+def _record(name: str, host: str | None) -> str:
+    return f"{name}@{host}" if host else name
+
+
+Runner = Callable[[list[str]], subprocess.CompletedProcess]
+
+
+def _runner(testbed: Testbed | None, host: str | None) -> Runner:
+    if host is None or testbed is None:
+        return lambda argv: subprocess.run(argv, capture_output=True, text=True)
+    return lambda argv: testbed.run(host, argv, check=False)
+
+
+def registered(name: str, run: Runner | None = None) -> list[int]:
     """Ids of the struct_ops maps called `name` (several if an old one is still being freed)."""
     try:
-        res = subprocess.run(["bpftool", "-j", "struct_ops", "show"], capture_output=True, text=True)
+        res = (run or _runner(None, None))(["bpftool", "-j", "struct_ops", "show"])
     except FileNotFoundError:  # no bpftool: nothing of ours can be registered
         return []
     if res.returncode != 0 or not res.stdout.strip():
@@ -114,15 +166,15 @@ def registered(name: str) -> list[int]:
     return [int(m["id"]) for m in json.loads(res.stdout) if m.get("name") == name]
 
 
-def unregister_cc(name: str) -> None:
-    """Unregister the struct_ops congestion control `name`; nothing happens if it is gone.
+def unregister_cc(name: str, testbed: Testbed | None = None, host: str | None = None) -> None:
+    """Unregister the struct_ops congestion control `name` (in host's kernel, or this
+    machine's); nothing happens if it is gone.
 
     The name is free at once; sockets still using the CC keep its map alive (bpftool still
     lists it) until they close."""
-    for map_id in registered(name):
-        subprocess.run(["bpftool", "struct_ops", "unregister", "id", str(map_id)],
-                       capture_output=True, text=True)
-    with open("/proc/sys/net/ipv4/tcp_available_congestion_control") as f:
-        if name in f.read().split():
-            raise UserError(f"congestion control {name!r} is still registered after "
-                            f"`bpftool struct_ops unregister`")
+    run = _runner(testbed, host)
+    for map_id in registered(name, run):
+        run(["bpftool", "struct_ops", "unregister", "id", str(map_id)])
+    if name in run(["cat", CCS]).stdout.split():
+        raise UserError(f"congestion control {name!r} is still registered{f' on {host}' if host else ''} "
+                        f"after `bpftool struct_ops unregister`")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -148,8 +147,9 @@ class Runner:
         raise NotImplementedError
 
 
-def _tool(name: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", f"orchestrator.workloads.{name}", *args]
+def _tool(tb: Testbed, host: str, name: str, *args: str) -> list[str]:
+    """A project tool on host, run by the interpreter that has the project there."""
+    return [tb.python(host), "-m", f"orchestrator.workloads.{name}", *args]
 
 
 def _amount(plan: FlowPlan) -> list[str]:
@@ -162,13 +162,15 @@ class TcpSenderRunner(Runner):
     """L4S flows: the project's sender, its congestion control set before connect()."""
 
     def server_argv(self) -> list[str]:
-        return _tool("tcp_sender", "server", "--port", str(self.plan.dport), "--cc", str(self.plan.cc),
+        return _tool(self.tb, self.plan.spec.dst, "tcp_sender", "server", "--port", str(self.plan.dport),
+                     "--cc", str(self.plan.cc),
                      "--mark", hex(MARK_OWN_CC))
 
     def client_argv(self) -> list[str]:
         p = self.plan
         mark = MARK_OWN_CC | (MARK_ECT1 if p.spec.kind == "l4s" and p.cc != "prague" else 0)
-        argv = _tool("tcp_sender", "client", "--dst", p.dst_ip, "--port", str(p.dport), "--sport",
+        argv = _tool(self.tb, p.spec.src, "tcp_sender", "client", "--dst", p.dst_ip, "--port", str(p.dport),
+                     "--sport",
                      str(p.sport), "--cc", str(p.cc), "--mark", hex(mark), *_amount(p), "--start-at", "-")
         if p.spec.rate_bps:
             argv += ["--rate", f"{p.spec.rate_bps:g}"]
@@ -191,11 +193,12 @@ class UdpRunner(Runner):
     """Constant bit rate, unresponsive."""
 
     def server_argv(self) -> list[str]:
-        return _tool("udp_cbr", "recv", "--port", str(self.plan.dport))
+        return _tool(self.tb, self.plan.spec.dst, "udp_cbr", "recv", "--port", str(self.plan.dport))
 
     def client_argv(self) -> list[str]:
         p = self.plan
-        return _tool("udp_cbr", "send", "--dst", p.dst_ip, "--port", str(p.dport), "--sport", str(p.sport),
+        return _tool(self.tb, p.spec.src, "udp_cbr", "send", "--dst", p.dst_ip, "--port", str(p.dport),
+                     "--sport", str(p.sport),
                      "--rate", f"{p.spec.rate_bps:g}", "--size", str(p.spec.packet_size),
                      "--ecn", str(ECN_VALUE[p.ecn]), *_amount(p), "--start-at", "-")
 
@@ -216,7 +219,8 @@ class ScapyRunner(UdpRunner):
 
     def client_argv(self) -> list[str]:
         p, spec = self.plan, self.plan.spec
-        argv = _tool("scapy_sender", "--pattern", spec.pattern, "--src", p.src_ip, "--dst", p.dst_ip,
+        argv = _tool(self.tb, p.spec.src, "scapy_sender", "--pattern", spec.pattern, "--src", p.src_ip,
+                     "--dst", p.dst_ip,
                      "--port", str(p.dport), "--sport", str(p.sport), "--size", str(spec.packet_size),
                      "--ecn", str(ECN_VALUE.get(p.ecn, 0)), "--seed", str(p.index + 1),
                      *_amount(p), "--start-at", "-")

@@ -17,11 +17,11 @@ def attach(testbed: Testbed, step_s: float = 0.001) -> int:
     """Mark above step_s of queue; returns the threshold in bytes."""
     bn = testbed.bottleneck
     thresh = max(int(bn.rate_bps / 8 * step_s), 1)
-    obj = bpfbuild.build("step_marker.bpf.c", {"THRESH_BYTES": thresh})
+    obj = bpfbuild.build_on(testbed, bn.router, "step_marker.bpf.c", {"THRESH_BYTES": thresh})
     if "clsact" not in testbed.run(bn.router, ["tc", "qdisc", "show", "dev", bn.egress]).stdout:
         testbed.run(bn.router, ["tc", "qdisc", "add", "dev", bn.egress, "clsact"])
     testbed.run(bn.router, ["tc", "filter", "replace", "dev", bn.egress, "egress", "pref", str(PREF),
-                            "handle", "1", "bpf", "direct-action", "obj", str(obj), "sec", "tc"])
+                            "handle", "1", "bpf", "direct-action", "obj", obj, "sec", "tc"])
     return thresh
 
 
