@@ -151,5 +151,8 @@ def test_host_lost_mid_run_aborts_it_and_the_others_are_cleaned(lab, tmp_path):
         assert down.returncode == 0, down.stderr
         assert lab.snapshot("rx") == before["rx"]
         assert not (tbmod.STATE_ROOT / name).exists()
+        from orchestrator.workloads import l4s
+
+        assert l4s.registered(f"l4s_{name}"[:l4s.NAME_MAX]) == []  # the dead run's CC is gone
     finally:  # whatever failed above, leave no state behind (the lab's hosts go with it)
         shutil.rmtree(tbmod.STATE_ROOT / name, ignore_errors=True)

@@ -575,6 +575,32 @@ def up(spec: Spec) -> SshTestbed:
 # ---------------------------------------------------------------- tearing down
 
 
+def _replay_cleanups(tb: SshTestbed, removed: list[str]) -> None:
+    """Undo what a run that died left on the hosts (BPF congestion controls, tc filters, ip
+    rules); records for hosts that cannot be reached are kept for the next `down`."""
+    from orchestrator import workloads
+
+    kept = []
+    reachable: dict[str, bool] = {}
+    for item in tb.cleanups:
+        host = item.get("value", "").partition("@")[2] or item.get("value", "").partition(":")[0]
+        if host in tb.hosts and host not in reachable:
+            reachable[host] = tb.run(host, ["true"], check=False, timeout=15).returncode == 0
+        if not reachable.get(host, True):
+            kept.append(item)  # its undo would fail silently; try again at the next `down`
+            continue
+        try:
+            done = workloads.cleanup(tb, item.get("kind", ""), item.get("value", ""))
+        except UserError:
+            done = False
+        if done:
+            removed.append(f"{item.get('kind')} {item.get('value')}")
+        else:
+            kept.append(item)
+    tb.cleanups = kept
+    tb.save()
+
+
 def down(name: str) -> list[str]:
     """Run the teardown playbook on every host and forget the testbed. A host that cannot be
     reached is reported (the others are cleaned) and the state is kept for another try."""
@@ -593,6 +619,7 @@ def down(name: str) -> list[str]:
         except (ProcessLookupError, PermissionError):
             pass
     tb.processes = []
+    _replay_cleanups(tb, removed)
     result = ansible.run_playbook(tb, "teardown.yml") if tb.extra.get("host_vars") else None
     tb.stop_masters()
     if result is not None and not result.ok:
