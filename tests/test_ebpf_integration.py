@@ -61,7 +61,8 @@ def traffic(tb, seconds: float, udp_rate: str = "15M", tcp: bool = True) -> dict
 
 
 def capture(tb, path: Path) -> subprocess.Popen:
-    proc = tb.popen("rx", ["tcpdump", "-i", "e-r1", "-s", "64", "-U", "-w", str(path), "udp"],
+    proc = tb.popen("rx", ["tcpdump", "-i", "e-r1", "-s", "64", "-U", "--immediate-mode", "-w", str(path),
+                           "udp"],
                     tag="tcpdump", stderr=subprocess.PIPE)
     deadline = time.monotonic() + 5
     while not path.exists() and time.monotonic() < deadline:
@@ -215,9 +216,16 @@ def test_killed_agent_fails_static(dumbbell, tmp_path):
     dp = EbpfDatapath(tb)
     dp.start(policies.make("dualpi2", {}), tmp_path)
     flows: dict = {}
-    thread = threading.Thread(target=lambda: flows.update(traffic(tb, 9)))
+    thread = threading.Thread(target=lambda: flows.update(traffic(tb, 14)))
     thread.start()
-    time.sleep(5)  # p' > 0 from CUBIC's queue
+    time.sleep(2)
+    maps = Maps(tb.bpffs() / PIN_SUBDIR)
+    deadline = time.monotonic() + 8
+    # until CUBIC's queue has pushed L marking above 2% (p' decays whenever the queue drains),
+    # so that 3 s of frozen decision at ~1300 L packets/s must show marks
+    while maps.config["cls"]["p_mark"][0, 0] < 0.02 * 2**32 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    maps.close()
     os.killpg(dp.agent.pid, signal.SIGKILL)
     dp.agent.wait()
     maps = Maps(tb.bpffs() / PIN_SUBDIR)

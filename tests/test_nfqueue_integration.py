@@ -114,7 +114,8 @@ def dumbbell(netns_testbed):
 
 def capture(tb, path: Path) -> subprocess.Popen:
     """Headers of what the receiver gets, to check marks on the wire."""
-    proc = tb.popen("rx", ["tcpdump", "-i", "e-r1", "-s", "64", "-U", "-w", str(path), "udp"],
+    proc = tb.popen("rx", ["tcpdump", "-i", "e-r1", "-s", "64", "-U", "--immediate-mode", "-w", str(path),
+                           "udp"],
                     tag="tcpdump", stderr=subprocess.PIPE)
     deadline = time.monotonic() + 5
     while not path.exists() and time.monotonic() < deadline:
