@@ -35,22 +35,26 @@ def cache_dir() -> Path:
 
 def build(source: str) -> Path:
     """Compile bpf/<source> for this kernel once; return the object's path (cached by hash)."""
-    src = BPF_DIR / source
-    key = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
+    return compile_cached(BPF_DIR / source, ["-D__TARGET_ARCH_x86"], Path(source).stem)
+
+
+def compile_cached(src: Path, flags: list[str], stem: str) -> Path:
+    """clang src with flags against this kernel's vmlinux.h, once per (kernel, source, flags)."""
+    key = hashlib.sha256(src.read_bytes() + "\0".join(flags).encode()).hexdigest()[:16]
     kdir = cache_dir() / platform.release()  # vmlinux.h is this kernel's, so is the object
-    out = kdir / f"{src.stem}-{key}.o"
+    out = kdir / f"{stem}-{key}.o"
     if out.exists():
         return out
     kdir.mkdir(parents=True, exist_ok=True)
     vmlinux = kdir / "vmlinux.h"
     if not vmlinux.exists():
         if not VMLINUX_BTF.exists():
-            raise UserError(f"this kernel has no BTF ({VMLINUX_BTF}); the ebpf datapath needs it")
+            raise UserError(f"this kernel has no BTF ({VMLINUX_BTF}); BPF programs need it")
         text = _tool(["bpftool", "btf", "dump", "file", str(VMLINUX_BTF), "format", "c"])
         _write_atomic(vmlinux, text.encode())
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
-    _tool(["clang", *CLANG_FLAGS, "-D__TARGET_ARCH_x86", "-I", str(kdir), "-c", str(src), "-o", str(tmp)])
-    os.replace(tmp, out)
+    _tool(["clang", *CLANG_FLAGS, *flags, "-I", str(kdir), "-c", str(src), "-o", str(tmp)])
+    os.replace(tmp, out)  # atomic: parallel builds of the same object are harmless
     return out
 
 

@@ -16,27 +16,19 @@ IPv4 allows). Patterns, each averaging --rate:
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import resource
-import signal
 import socket
 import struct
 import sys
 import time
 from typing import Any
 
+from orchestrator.workloads import tool
+from orchestrator.workloads.tool import Stopped
+
 HEADER = struct.Struct("!Qd")  # as udp_cbr: sequence number, send time
 IP_HLEN, UDP_HLEN = 20, 8
 ECN_CYCLE = (0, 2, 1, 3)  # Not-ECT, ECT(0), ECT(1), CE
-
-
-class Stopped(Exception):
-    pass
-
-
-def _stop(*_: Any) -> None:
-    raise Stopped
 
 
 def template(src: str, dst: str, sport: int, dport: int, ecn: int, size: int) -> bytearray:
@@ -162,14 +154,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    report = run(args)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    report["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 3)  # all of it, start-up included
-    print(json.dumps(report), flush=True)
-    return 0
+    return tool.run(lambda: run(args))
 
 
 if __name__ == "__main__":

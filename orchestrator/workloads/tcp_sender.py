@@ -16,9 +16,6 @@ processes early and release them together. Stdlib only: it runs inside a host's 
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import signal
 import socket
 import struct
 import sys
@@ -26,20 +23,13 @@ import threading
 import time
 from typing import Any
 
-from orchestrator.workloads import tcpinfo
+from orchestrator.workloads import tcpinfo, tool
+from orchestrator.workloads.tool import Stopped, wait_start
 
 CHUNK = 1 << 16  # one send(): 10 ms at 50 Mbit/s, so the deadline is met closely
 NOTSENT_LOWAT = 128 * 1024  # unsent bytes kept in the socket: the flow stops on time
 SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
-
-
-class Stopped(Exception):
-    """SIGTERM/SIGINT: finish and report what was done."""
-
-
-def _stop(*_: Any) -> None:
-    raise Stopped
 
 
 def _tcp_socket(cc: str | None, mark: int) -> socket.socket:
@@ -54,15 +44,6 @@ def _tcp_socket(cc: str | None, mark: int) -> socket.socket:
 
 def cc_of(sock: socket.socket) -> str:
     return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).split(b"\0")[0].decode()
-
-
-def wait_start(start_at: str | None) -> None:
-    if start_at is None:
-        return
-    when = float(sys.stdin.readline() if start_at == "-" else start_at)
-    delay = when - time.time()
-    if delay > 0:
-        time.sleep(delay)
 
 
 # ---------------------------------------------------------------- receiver
@@ -215,14 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.role == "client" and not (args.duration or args.size):
         parser().error("client needs --duration or --size")
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    report = serve(args) if args.role == "server" else send(args)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the report must get out whole
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    report["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 3)  # all of it, start-up included
-    print(json.dumps(report), flush=True)
-    return 1 if report.get("error") else 0
+    return tool.run(lambda: serve(args) if args.role == "server" else send(args), error_exits=True)
 
 
 if __name__ == "__main__":

@@ -15,35 +15,19 @@ Each side writes 'ready' to stderr once set up and its JSON report to stdout whe
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import signal
 import socket
 import struct
 import sys
 import time
 from typing import Any
 
+from orchestrator.workloads import tool
+from orchestrator.workloads.tool import Stopped, wait_start
+
 HEADER = struct.Struct("!Qd")  # sequence number, send time (epoch s)
 ECN_NAMES = ("not-ect", "ect1", "ect0", "ce")  # by the ECN field's value 0..3
 TICK = 0.001  # the sender sends what is due once per millisecond
 MAX_BURST = 64  # after a stall, catch up at most this many packets at once
-
-
-class Stopped(Exception):
-    pass
-
-
-def _stop(*_: Any) -> None:
-    raise Stopped
-
-
-def wait_start(start_at: str | None) -> None:
-    if start_at is None:
-        return
-    when = float(sys.stdin.readline() if start_at == "-" else start_at)
-    if when > time.time():
-        time.sleep(when - time.time())
 
 
 # ---------------------------------------------------------------- sender
@@ -173,14 +157,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    report = recv(args) if args.role == "recv" else send(args)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    report["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 3)  # all of it, start-up included
-    print(json.dumps(report), flush=True)
-    return 0
+    return tool.run(lambda: recv(args) if args.role == "recv" else send(args))
 
 
 if __name__ == "__main__":
