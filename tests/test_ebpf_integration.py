@@ -19,12 +19,9 @@ import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 
-import dpkt
 import numpy as np
 import pytest
-from scapy.utils import checksum
 
 import policies
 from orchestrator.bottleneck.ebpf import PIN_SUBDIR, EbpfDatapath
@@ -32,6 +29,7 @@ from orchestrator.bottleneck.ebpf_agent import Maps
 from orchestrator.telemetry import read
 
 from conftest import dumbbell_yaml, needs_root, unique_name
+from wire import capture, ce_on_wire
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, needs_root]
 
@@ -58,29 +56,6 @@ def traffic(tb, seconds: float, udp_rate: str = "15M", tcp: bool = True) -> dict
     for s in servers:
         tb.stop(s)
     return out
-
-
-def capture(tb, path: Path) -> subprocess.Popen:
-    proc = tb.popen("rx", ["tcpdump", "-i", "e-r1", "-s", "64", "-U", "--immediate-mode", "-w", str(path),
-                           "udp"],
-                    tag="tcpdump", stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 5
-    while not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return proc
-
-
-def ce_on_wire(path: Path) -> tuple[int, int, int]:
-    """(UDP packets, CE-marked ones, CE-marked ones with a wrong IPv4 header checksum)."""
-    total = ce = bad = 0
-    with open(path, "rb") as f:
-        for _, buf in dpkt.pcap.Reader(f):
-            ip = bytes(dpkt.ethernet.Ethernet(buf).data)
-            total += 1
-            if ip[1] & 3 == 3:
-                ce += 1
-                bad += checksum(ip[:(ip[0] & 0x0F) * 4]) != 0
-    return total, ce, bad
 
 
 def steady(df):

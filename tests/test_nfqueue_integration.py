@@ -25,9 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-import dpkt
 import pytest
-from scapy.utils import checksum
 
 import policies
 from orchestrator import workloads
@@ -37,6 +35,7 @@ from orchestrator.scenario import FlowSpec
 from orchestrator.telemetry import read
 
 from conftest import dumbbell_yaml, needs_root, unique_name
+from wire import capture, ce_on_wire
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, needs_root]
 
@@ -110,30 +109,6 @@ def dumbbell(netns_testbed):
     def make(buffer: str = "1.5bdp"):
         return netns_testbed(dumbbell_yaml(unique_name("nq"), rate="50mbit", rtt="20ms", buffer=buffer))
     return make
-
-
-def capture(tb, path: Path) -> subprocess.Popen:
-    """Headers of what the receiver gets, to check marks on the wire."""
-    proc = tb.popen("rx", ["tcpdump", "-i", "e-r1", "-s", "64", "-U", "--immediate-mode", "-w", str(path),
-                           "udp"],
-                    tag="tcpdump", stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 5
-    while not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return proc
-
-
-def ce_on_wire(path: Path) -> tuple[int, int, int]:
-    """(UDP packets, CE-marked ones, CE-marked ones with a wrong IPv4 header checksum)."""
-    total = ce = bad = 0
-    with open(path, "rb") as f:
-        for _, buf in dpkt.pcap.Reader(f):
-            ip = bytes(dpkt.ethernet.Ethernet(buf).data)
-            total += 1
-            if ip[1] & 3 == 3:
-                ce += 1
-                bad += checksum(ip[:(ip[0] & 0x0F) * 4]) != 0
-    return total, ce, bad
 
 
 def l4s_and_cubic(tb, policy: str, run_dir: Path, seconds: float = 15) -> tuple[dict, object]:
