@@ -11,6 +11,7 @@ import click
 
 from orchestrator import testbed as tbmod
 from orchestrator.errors import UserError
+from orchestrator.names import is_testbed_name, testbed_name
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,8 +42,8 @@ def down(name: str | None, all_: bool) -> None:
 
     if all_:
         names = sorted(set(tbmod.names_up()) | _leftover_names())
-    elif name:
-        names = [name]
+    elif name is not None:
+        names = [testbed_name(name)]
     else:
         names = tbmod.names_up() or sorted(_leftover_names())
         if len(names) > 1:
@@ -88,8 +89,9 @@ def _leftover_names() -> set[str]:
     from orchestrator.providers.netns import NS_PREFIX
 
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return {line.split()[0][len(NS_PREFIX):].rsplit("-", 1)[0]
-            for line in out.splitlines() if line.startswith(NS_PREFIX)}
+    names = {line.split()[0][len(NS_PREFIX):].rsplit("-", 1)[0]
+             for line in out.splitlines() if line.startswith(NS_PREFIX)}
+    return {n for n in names if is_testbed_name(n)}
 
 
 @cli.command()
@@ -99,7 +101,7 @@ def status(name: str | None, as_json: bool) -> None:
     """Show the testbeds that are up: hosts, roles, addresses, links, processes."""
     from orchestrator.status import describe, render
 
-    names = [name] if name else tbmod.names_up()
+    names = [testbed_name(name)] if name is not None else tbmod.names_up()
     info = [describe(tbmod.load(n)) for n in names]
     if as_json:
         click.echo(json.dumps(info, indent=1))

@@ -15,12 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from orchestrator import units
 from orchestrator.errors import SpecError
+from orchestrator.names import HOST_NAME, TESTBED_NAME
 from orchestrator.scenario import Scenario
 
 # Names reach the kernel (namespace and interface names), so they are restricted to a safe,
 # short alphabet: interface names are at most 15 bytes.
-TESTBED_NAME = re.compile(r"^[a-z][a-z0-9]{0,9}$")
-HOST_NAME = re.compile(r"^[a-z][a-z0-9]{0,9}$")
 CC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
 # Values that reach an ssh or ansible command line: no leading '-' (option injection), no
 # whitespace, quotes or '%' (ssh expands %-tokens and splits some option values on spaces).
@@ -41,13 +40,13 @@ class TcpSettings(_Strict):
     @field_validator("cc")
     @classmethod
     def _cc_name(cls, v: str) -> str:
-        if not CC_NAME.match(v):
+        if not CC_NAME.fullmatch(v):
             raise ValueError(f"expected a congestion control name like 'cubic', got {v!r}")
         return v
 
 
 def _safe_path(v: str | None) -> str | None:
-    if v is not None and (not SAFE_PATH.match(v) or v.startswith("-")):
+    if v is not None and (not SAFE_PATH.fullmatch(v) or v.startswith("-")):
         raise ValueError(f"expected a path without spaces, quotes or '%', got {v!r}")
     return v
 
@@ -70,14 +69,14 @@ class SshHost(_Strict):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        if not SSH_ADDRESS.match(v):
+        if not SSH_ADDRESS.fullmatch(v):
             raise ValueError(f"expected an IP address or host name, got {v!r}")
         return v
 
     @field_validator("user")
     @classmethod
     def _user(cls, v: str | None) -> str | None:
-        if v is not None and not SSH_USER.match(v):
+        if v is not None and not SSH_USER.fullmatch(v):
             raise ValueError(f"expected a user name like 'root', got {v!r}")
         return v
 
@@ -97,14 +96,14 @@ class SshHost(_Strict):
     @classmethod
     def _interfaces(cls, v: dict[str, str]) -> dict[str, str]:
         for peer, name in v.items():
-            if not IFACE_NAME.match(name):
+            if not IFACE_NAME.fullmatch(name):
                 raise ValueError(f"expected an interface name like 'eth1' for {peer!r}, got {name!r}")
         return v
 
     @field_validator("aqm")
     @classmethod
     def _aqm(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^[a-z][a-z0-9_]{0,15}$", v):
+        if v is not None and not re.fullmatch(r"[a-z][a-z0-9_]{0,15}", v):
             raise ValueError(f"expected a queue discipline name like 'fq_codel', got {v!r}")
         return v
 
@@ -130,7 +129,7 @@ class SshSettings(_Strict):
     @field_validator("user")
     @classmethod
     def _user(cls, v: str) -> str:
-        if not SSH_USER.match(v):
+        if not SSH_USER.fullmatch(v):
             raise ValueError(f"expected a user name like 'root', got {v!r}")
         return v
 
@@ -167,7 +166,7 @@ class HostSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not HOST_NAME.match(v):
+        if not HOST_NAME.fullmatch(v):
             raise ValueError(
                 f"expected a host name of 1-10 lowercase letters and digits starting with a "
                 f"letter, got {v!r}")
@@ -316,7 +315,7 @@ class Spec(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not TESTBED_NAME.match(v):
+        if not TESTBED_NAME.fullmatch(v):
             raise ValueError(f"expected a testbed name of 1-10 lowercase letters and digits "
                              f"starting with a letter, got {v!r}")
         return v

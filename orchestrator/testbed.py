@@ -19,8 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UserError
+from orchestrator.names import is_testbed_name, testbed_name
 
 STATE_ROOT = Path(os.environ.get("TESTBED_STATE_DIR", "/run/testbed"))
+
+
+def state_dir_of(name: str) -> Path:
+    """STATE_ROOT/<name> for a valid testbed name; never a path outside STATE_ROOT (a name
+    like '../victim' or a planted symlink is refused), because `down` deletes this folder."""
+    path = STATE_ROOT / testbed_name(name)
+    root = STATE_ROOT.resolve()
+    if path.is_symlink() or path.resolve().parent != root:
+        raise UserError(f"testbed {name!r}: its state folder {path} is not inside {root}; refusing it")
+    return path
 
 
 @dataclass
@@ -82,6 +93,24 @@ class Process:
     pid: int
     argv: list[str]
     tag: str  # what it is: 'delayline', 'iperf3-server', 'tcpdump', ...
+    # the process's start time in clock ticks since boot (/proc/PID/stat field 22): with the
+    # pid it names this process and no other, so a pid reused later is never signalled
+    start: int = 0
+
+
+def start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in ticks since boot), or None if pid is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(") ", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def is_same_process(proc: Process) -> bool:
+    """True only if the recorded process still runs: same pid and same start time. A record
+    without a start time (or with a planted pid) is never trusted."""
+    return proc.start > 0 and start_time(proc.pid) == proc.start
 
 
 class Testbed:
@@ -103,7 +132,7 @@ class Testbed:
     # ---- where state lives
     @property
     def state_dir(self) -> Path:
-        return STATE_ROOT / self.name
+        return state_dir_of(self.name)
 
     def save(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +171,7 @@ class Testbed:
         """Start a background process on a host; it is recorded so `down` can stop it."""
         proc = subprocess.Popen(self.argv_on(host, argv), stdout=stdout, stderr=stderr,
                                 start_new_session=True, **kw)
-        self.processes.append(Process(host, proc.pid, list(argv), tag))
+        self.processes.append(Process(host, proc.pid, list(argv), tag, start_time(proc.pid) or 0))
         self.save()
         return proc
 
@@ -213,6 +242,8 @@ class Testbed:
         """Stop every process recorded with `tag` (also ones another process started), wait
         until each is gone, and forget them."""
         for proc in [p for p in self.processes if p.tag == tag]:
+            if not is_same_process(proc):
+                continue  # gone, or its pid now belongs to another process
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -280,11 +311,16 @@ def _wait_gone(pid: int, timeout: float) -> None:
 
 def load(name: str | None = None) -> Testbed:
     """The testbed that is up under `name` (or the only one up)."""
-    name = name or only_up()
-    path = STATE_ROOT / name / "state.json"
+    name = only_up() if name is None else name
+    path = state_dir_of(name) / "state.json"
     if not path.exists():
         raise UserError(f"no testbed named {name!r} is up (no {path})")
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"testbed {name!r}: unreadable state file {path}: {e}") from None
+    if data.get("name") != name:
+        raise UserError(f"testbed {name!r}: state file {path} names another testbed; refusing it")
     hosts = {k: Host(**{**v, "interfaces": [Interface(**i) for i in v["interfaces"]]})
              for k, v in data["hosts"].items()}
     from orchestrator.providers import provider_class
@@ -300,7 +336,8 @@ def load(name: str | None = None) -> Testbed:
 def names_up() -> list[str]:
     if not STATE_ROOT.exists():
         return []
-    return sorted(p.parent.name for p in STATE_ROOT.glob("*/state.json"))
+    return sorted(p.parent.name for p in STATE_ROOT.glob("*/state.json")
+                  if is_testbed_name(p.parent.name) and not p.parent.is_symlink())
 
 
 def only_up() -> str:

@@ -21,7 +21,15 @@ from pathlib import Path
 from orchestrator import kernel, link
 from orchestrator.errors import UserError
 from orchestrator.spec import Spec
-from orchestrator.testbed import STATE_ROOT, Bottleneck, Host, Interface, Testbed
+from orchestrator.testbed import (
+    Bottleneck,
+    Host,
+    Interface,
+    Process,
+    Testbed,
+    is_same_process,
+    state_dir_of,
+)
 
 NS_PREFIX = "tb-"
 
@@ -128,7 +136,7 @@ def up(spec: Spec) -> NetnsTestbed:
     """Build the testbed. On failure everything built so far is torn down again."""
     if os.geteuid() != 0:
         raise UserError("building namespaces needs root (run as root or with sudo)")
-    if (STATE_ROOT / spec.name / "state.json").exists() or _namespaces(spec.name):
+    if (state_dir_of(spec.name) / "state.json").exists() or _namespaces(spec.name):
         raise UserError(f"a testbed named {spec.name!r} is already up; run `testbed down {spec.name}` first")
     hosts, bottleneck = plan(spec)
     tb = NetnsTestbed(spec.name, spec.model_dump(mode="json"), hosts, bottleneck,
@@ -198,15 +206,23 @@ def _namespaces(name: str) -> list[str]:
 
 
 def down(name: str) -> list[str]:
-    """Remove everything of testbed `name`; idempotent. Returns what was removed."""
+    """Remove everything of testbed `name`; idempotent. Returns what was removed.
+
+    Only what belongs to the testbed is touched: processes inside its namespaces, recorded
+    processes whose pid and start time both still match, mounts inside its state folder.
+    A pid read from the state file alone is never signalled (the file may be stale or planted).
+    """
     removed: list[str] = []
-    state = STATE_ROOT / name / "state.json"
+    home = state_dir_of(name)
+    state = home / "state.json"
     cleanups: list[dict[str, str]] = []
     pids: list[int] = []
     if state.exists():
         try:
             data = json.loads(state.read_text())
-            cleanups, pids = data.get("cleanups", []), [p["pid"] for p in data.get("processes", [])]
+            cleanups = [c for c in data.get("cleanups", []) if isinstance(c, dict)]
+            pids = [p["pid"] for p in data.get("processes", [])
+                    if is_same_process(Process(**p))]
         except (ValueError, KeyError, TypeError):
             removed.append(f"unreadable state file {state}")
     namespaces = _namespaces(name)
@@ -214,16 +230,16 @@ def down(name: str) -> list[str]:
         pids += [int(p) for p in _sh(["ip", "netns", "pids", ns], check=False).stdout.split()]
     _kill(pids, removed)
     for item in cleanups:
-        _undo(item, removed)
+        _undo(item, home, removed)
     for ns in namespaces:
         _sh(["ip", "netns", "del", ns], check=False)
         removed.append(f"namespace {ns}")
-    bpffs = STATE_ROOT / name / "bpffs"
+    bpffs = home / "bpffs"
     if os.path.ismount(bpffs):
         _sh(["umount", str(bpffs)], check=False)
         removed.append(f"mount {bpffs}")
-    if (STATE_ROOT / name).exists():
-        _sh(["rm", "-rf", "--one-file-system", str(STATE_ROOT / name)], check=False)
+    if home.exists():
+        _sh(["rm", "-rf", "--one-file-system", "--", str(home)], check=False)
     return removed
 
 
@@ -259,16 +275,15 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _undo(item: dict[str, str], removed: list[str]) -> None:
-    kind, value = item.get("kind"), item.get("value", "")
+def _undo(item: dict[str, str], home: Path, removed: list[str]) -> None:
+    kind, value = item.get("kind"), str(item.get("value", ""))
     if kind == "struct_ops":
+        if value != f"l4s_{home.name}"[:15]:  # the name workloads.l4s gives this testbed's CC
+            return
         _sh(["bpftool", "struct_ops", "unregister", "name", value], check=False)
         removed.append(f"struct_ops {value}")
     elif kind == "mount":
-        _sh(["umount", value], check=False)
-        removed.append(f"mount {value}")
-    elif kind == "root-process":
-        try:
-            os.kill(int(value), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
+        # only the testbed's own mounts: a record naming any other path is ignored
+        if Path(value).resolve().parent == home.resolve() and os.path.ismount(value):
+            _sh(["umount", value], check=False)
+            removed.append(f"mount {value}")

@@ -35,7 +35,16 @@ from typing import Any
 
 from orchestrator.errors import UserError
 from orchestrator.spec import Spec, SshSettings
-from orchestrator.testbed import STATE_ROOT, Bottleneck, Host, Interface, Process, Testbed
+from orchestrator.testbed import (
+    Bottleneck,
+    Host,
+    Interface,
+    Process,
+    Testbed,
+    is_same_process,
+    start_time,
+    state_dir_of,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER_ALIVE = ("-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=3")  # lost host: ~6 s
@@ -179,7 +188,7 @@ class SshTestbed(Testbed):
         kw.setdefault("stdin", subprocess.DEVNULL)  # never the controller's terminal
         proc = subprocess.Popen([*self.ssh_argv(host, multiplexed=False), remote], stdout=stdout,
                                 stderr=stderr, start_new_session=True, **kw)
-        self.processes.append(Process(host, proc.pid, argv, tag))
+        self.processes.append(Process(host, proc.pid, argv, tag, start_time(proc.pid) or 0))
         self.extra.setdefault("pidfiles", {})[str(proc.pid)] = pidfile
         self.save()
         return proc
@@ -339,7 +348,7 @@ class SshTestbed(Testbed):
 
 def control_dir(testbed: str) -> Path:
     """Unix socket paths are limited to about 100 bytes: use the state dir if short enough."""
-    path = STATE_ROOT / testbed / "cm"
+    path = state_dir_of(testbed) / "cm"
     if len(str(path)) > 60:
         digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
         path = Path(f"/tmp/tbcm-{os.getuid()}-{digest}")
@@ -541,7 +550,7 @@ def up(spec: Spec) -> SshTestbed:
     """Check the hosts, probe them, run the playbooks. On failure the hosts are cleaned."""
     from orchestrator import ansible, hostvars
 
-    if (STATE_ROOT / spec.name / "state.json").exists():
+    if (state_dir_of(spec.name) / "state.json").exists():
         raise UserError(f"a testbed named {spec.name!r} is already up; run `testbed down {spec.name}` first")
     hosts, bottleneck = plan(spec)
     tb = SshTestbed(spec.name, spec.model_dump(mode="json"), hosts, bottleneck,
@@ -607,12 +616,14 @@ def down(name: str) -> list[str]:
     from orchestrator import ansible
     from orchestrator.testbed import load
 
-    if not (STATE_ROOT / name / "state.json").exists():
+    if not (state_dir_of(name) / "state.json").exists():
         return []
     tb = load(name)
     assert isinstance(tb, SshTestbed)
     removed: list[str] = []
     for proc in tb.processes:  # local ssh clients: their remote processes stop with them
+        if not is_same_process(proc):
+            continue  # gone, or the pid now belongs to someone else
         try:
             os.killpg(proc.pid, signal.SIGTERM)
             removed.append(f"process {proc.pid} ({proc.tag} on {proc.host})")
