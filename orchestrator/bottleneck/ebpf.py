@@ -36,6 +36,7 @@ from typing import Any
 from orchestrator import link
 from orchestrator.bottleneck import bpfobj
 from orchestrator.bottleneck.base import Datapath
+from orchestrator.bottleneck.dualpi2_rules import per_packet_rules_missing
 from orchestrator.errors import UserError
 from orchestrator.testbed import Testbed
 from policies.base import Policy
@@ -71,6 +72,8 @@ class EbpfDatapath(Datapath):
         if why is None and policy.per_packet:
             why = (f"policy {policy.name!r} acts per packet at dequeue; the ebpf datapath applies "
                    f"per-update probabilities only (use the nfqueue datapath)")
+        if why is None:
+            why = per_packet_rules_missing(policy)
         return why
 
     # ---- start
