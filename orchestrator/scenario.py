@@ -36,6 +36,7 @@ class FlowSpec(BaseModel):
     rate: str | None = None  # udp: constant bit rate; scapy: packets are paced to it
     packet_size: int = 1200  # udp/scapy payload bytes
     pattern: Literal["burst", "short-flows", "mixed-ecn"] = "burst"  # scapy
+    prague: dict[str, Any] | None = None  # l4s: TCP Prague options (workloads/prague.py)
 
     @field_validator("name")
     @classmethod
@@ -78,6 +79,13 @@ class FlowSpec(BaseModel):
             raise ValueError("a udp flow needs a 'rate', like '10mbit'")
         if self.kind in ("udp", "scapy") and self.size is not None:
             raise ValueError(f"a {self.kind} flow takes 'duration', not 'size'")
+        if self.prague is not None:
+            from orchestrator.workloads.prague import PragueOptions  # here: no import cycle
+
+            if self.kind != "l4s" or self.cc == "prague":
+                raise ValueError("'prague' options are for an l4s flow on the BPF congestion "
+                                 "control (the kernel's Prague has its own module parameters)")
+            PragueOptions.model_validate(self.prague)
         return self
 
     @property
