@@ -19,13 +19,11 @@ from orchestrator.analysis.pcap import read_pcap
 from orchestrator.bottleneck.nfqueue import NfqueueDatapath
 from orchestrator.capture import Capture
 from orchestrator.scenario import FlowSpec, Scenario
-from orchestrator.workloads import prague
+from orchestrator.workloads import prague, tcpinfo
 
 from conftest import needs_root, unique_name
 
-COL = {c: i for i, c in enumerate(["t", "rtt_us", "cwnd", "delivery_rate_bps", "total_retrans",
-                                   "bytes_acked", "ca_state", "delivered", "delivered_ce", "min_rtt_us",
-                                   "pacing_rate_bps", "snd_ssthresh", "unacked"])}
+COL = {c: i for i, c in enumerate(tcpinfo.COLUMNS)}
 
 
 # ---------------------------------------------------------------- names and validation
@@ -85,7 +83,8 @@ def rate_mbps(report: dict, t0: float, t1: float) -> float:
     """Goodput between t0 and t1 s after the flow started, from bytes_acked in tcp_info."""
     rows = [r for r in report["tcp_info"] if t0 <= r[COL["t"]] - report["start"] <= t1]
     first, last = rows[0], rows[-1]
-    return (last[COL["bytes_acked"]] - first[COL["bytes_acked"]]) * 8 / (last[COL["t"]] - first[COL["t"]]) / 1e6
+    acked = last[COL["bytes_acked"]] - first[COL["bytes_acked"]]
+    return acked * 8 / (last[COL["t"]] - first[COL["t"]]) / 1e6
 
 
 def jain(xs: list[float]) -> float:
@@ -116,3 +115,66 @@ def test_rtt_independence_shares_more_evenly_between_10_and_40_ms(netns_testbed,
     assert out[False][2]["rtt_independence"] is False and out[True][2]["rtt_independence"] is True
     assert out[True][1] > out[False][1] + 0.05
     assert out[True][0][0] / out[True][0][1] < out[False][0][0] / out[False][0][1]
+
+
+def bursts(pcap, report: dict, t0: float) -> list[int]:
+    """Lengths of the runs of data segments that left the sender less than 20 us apart."""
+    data = pcap[(pcap.dport == report["ports"]["dport"]) & (pcap.payload_len > 0)]
+    t = data[data.t >= report["start"] + t0].t.to_numpy()
+    runs, n = [], 1
+    for a, b in zip(t[:-1], t[1:], strict=True):
+        if b - a < 20e-6:
+            n += 1
+        else:
+            runs.append(n)
+            n = 1
+    return runs + [n]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@needs_root
+def test_pacing_spaces_the_senders_packets(netns_testbed, tmp_path):
+    """One L4S flow, 50 Mbit/s, 20 ms, DualPI2 (1 ms step). Seen at the sender's own egress (a
+    20+ Gbit/s veth): paced, the kernel releases about 1 ms of data at a time (3-4 segments at
+    this rate; Prague caps it at 250 us through a tso_segs hook mainline has not); ACK-clocked,
+    delayed-ACK pairs and, after window increases, longer bursts (up to 6-16 seen), which the
+    1 ms step marks: the unpaced sender gets much less of the link (seen: 12-25 against 40-41
+    Mbit/s)."""
+    tb = netns_testbed(yaml(unique_name("fid"), "50mbit", "20ms"))
+    longest, mbps = {}, {}
+    for pacing in (True, False):
+        flows = [{"name": "l4s", "kind": "l4s", "src": "s1", "dst": "rx", "prague": {"pacing": pacing}}]
+        out = tmp_path / f"pacing{int(pacing)}"
+        reports = run(tb, flows, 8, out, capture_at=["s1"])
+        runs = bursts(read_pcap(next((out / "pcap").glob("s1-*.pcap"))), reports["l4s"], 2.0)
+        longest[pacing], mbps[pacing] = max(runs), rate_mbps(reports["l4s"], 2, 8)
+        print(f"\npacing={pacing}: {mbps[pacing]:.1f} Mbit/s, back-to-back bursts mean "
+              f"{statistics.mean(runs):.2f} longest {longest[pacing]} segments, ran {reports['l4s']['cc']}")
+        assert reports["l4s"]["cc_variant"]["pacing"] is pacing
+    assert longest[True] <= 6  # about 1 ms of data at the pacing rate, never a window
+    assert mbps[True] > 1.3 * mbps[False]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@needs_root
+def test_low_cwnd_lets_the_window_fall_to_one_segment(netns_testbed, tmp_path):
+    """One L4S flow on a 2 Mbit/s, 2 ms link: a segment takes 6 ms to serialise, so any
+    packet waiting behind another is over DualPI2's 1 ms step and marked. The window is held
+    at its floor: two segments by default (one always queued), or, with low_cwnd, it swings
+    between one and two (half the time nothing is queued). Seen: median RTT 15.8 against
+    13.4 ms, 1.72 against 1.58 Mbit/s."""
+    tb = netns_testbed(yaml(unique_name("fid"), "2mbit", "2ms"))
+    rtt, cwnd = {}, {}
+    for low in (False, True):
+        flows = [{"name": "l4s", "kind": "l4s", "src": "s1", "dst": "rx", "prague": {"low_cwnd": low}}]
+        r = run(tb, flows, 8, tmp_path / f"low{int(low)}")["l4s"]
+        rows = [x for x in r["tcp_info"] if x[COL["t"]] - r["start"] >= 3]
+        rtt[low] = statistics.median(x[COL["rtt_us"]] for x in rows) / 1e3
+        cwnd[low] = min(x[COL["cwnd"]] for x in rows)
+        print(f"\nlow_cwnd={low}: median RTT {rtt[low]:.1f} ms, min cwnd {cwnd[low]}, "
+              f"{rate_mbps(r, 3, 8):.2f} Mbit/s, ran {r['cc']}")
+        assert r["cc_variant"]["low_cwnd"] is low
+    assert cwnd[False] == 2 and cwnd[True] == 1
+    assert rtt[True] < rtt[False] - 1.5  # a 6 ms packet queued less than half the time

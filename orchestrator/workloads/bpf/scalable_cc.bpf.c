@@ -26,8 +26,9 @@
  *     0x2 pacing: the kernel's internal pacing (SK_PACING_NEEDED) at 200% of cwnd/srtt in slow
  *         start and pacing_ca_ratio (the testbed sets 100%, Prague's) after, which is Prague's
  *         own formula; without it the sender is ACK-clocked and sends bursts;
- *     0x4 windows down to one segment (Prague's successors go below one through pacing; a BPF
- *         CC cannot: the kernel recomputes the pacing rate after cong_avoid);
+ *     0x4 windows down to one segment, the reduction rounded to nearest as Prague does (its
+ *         successors go below one through pacing; a BPF CC cannot: the kernel recomputes the
+ *         pacing rate after cong_avoid);
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -137,7 +138,10 @@ __u32 BPF_PROG(scalable_ssthresh, struct sock *sk)
 	struct tcp_sock *tp = tp_of(sk);
 	struct scalable *ca = ca_of(sk);
 	__u32 cwnd = tp->snd_cwnd;
-	__u32 cut = (cwnd * ca->alpha) >> 11; /* cwnd * alpha / 2 */
+	/* cwnd * alpha / 2, truncated; with windows down to one segment rounded to nearest as
+	 * prague_enter_cwr() does ("unbias the rounding"), else a window of 2 never comes down
+	 * (2 * alpha / 2 < 1 for any alpha < 1) */
+	__u32 cut = (cwnd * ca->alpha + ((PRAGUE & OPT_LOW_CWND) ? MAX_ALPHA : 0)) >> 11;
 
 	/* prague_enter_cwr(): RTT-independent flows reduce at most once per target RTT */
 	if (rtt_indep(tp, ca) && tp->tcp_mstamp - ca->cwr_stamp < RTT_TARGET_US)
