@@ -13,9 +13,10 @@ that the name the sender reads back from its socket (TCP_CONGESTION) says which 
 
 Not done, and why: windows below one segment (Prague's successors set a pacing rate below one
 segment per RTT; a BPF CC's pacing rate is overwritten by tcp_update_pacing_rate() after
-cong_avoid, and replacing cong_avoid by cong_control means re-implementing PRR); classic ECN
-bottleneck detection (tcp_prague.c's needs srtt/mdev state on tcp_sock fields its kernel adds,
-`srtt_pace_us`, `classic_ecn`, which mainline has not).
+cong_avoid, and replacing cong_avoid by cong_control means re-implementing PRR). Classic ECN
+bottleneck detection is a simplified form of Prague's: tcp_prague.c's scores log-scaled RTT
+variation and queue depth from tcp_sock fields its own kernel adds (`srtt_pace_us`,
+`classic_ecn`); ours scores the standing queue (srtt - min_rtt against 2 ms) per marked round.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-RTT_INDEPENDENCE, PACING, LOW_CWND = 0x1, 0x2, 0x4
-BITS = {"rtt_independence": RTT_INDEPENDENCE, "pacing": PACING, "low_cwnd": LOW_CWND}
+RTT_INDEPENDENCE, PACING, LOW_CWND, CLASSIC_ECN_DETECTION = 0x1, 0x2, 0x4, 0x8
+BITS = {"rtt_independence": RTT_INDEPENDENCE, "pacing": PACING, "low_cwnd": LOW_CWND,
+        "classic_ecn_detection": CLASSIC_ECN_DETECTION}
 DEFAULT_BITS = PACING
 
 
@@ -41,6 +43,9 @@ class PragueOptions(BaseModel):
     pacing: bool = True
     # windows down to one segment instead of two
     low_cwnd: bool = False
+    # back off as a classic flow on CE when the RTT shows the standing queue of a classic ECN
+    # AQM (a simplified prague_classic_ecn_detection(), see bpf/scalable_cc.bpf.c)
+    classic_ecn_detection: bool = False
 
     @property
     def bits(self) -> int:

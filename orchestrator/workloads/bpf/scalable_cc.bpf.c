@@ -29,6 +29,15 @@
  *     0x4 windows down to one segment, the reduction rounded to nearest as Prague does (its
  *         successors go below one through pacing; a BPF CC cannot: the kernel recomputes the
  *         pacing rate after cong_avoid);
+ *     0x8 classic ECN bottleneck detection, a simplified form of prague_classic_ecn_detection()
+ *         (which needs srtt_pace_us/classic_ecn fields on tcp_sock that only the L4S team's
+ *         kernel has): once per round in which CE came back, a score goes up by one if the
+ *         smoothed RTT stands more than CLASSIC_DEPTH_US (Prague's D0, 2 ms) above the minimum
+ *         RTT, down by one if not, within 0..CLASSIC_STICKY. An L4S AQM keeps that standing
+ *         queue near zero; a classic ECN AQM (PIE, RED, CoDel, which mark ECT(1) as ECT(0))
+ *         holds it at its target. While the score is at least CLASSIC_SCORE_ON, each reduction
+ *         uses max(alpha, 0.6), Prague's classic fallback (prague_classic_ecn_fallback()), so
+ *         the flow backs off about as a classic flow does on a mark.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -46,6 +55,11 @@
 #define OPT_RTT_INDEP 0x1
 #define OPT_PACING 0x2
 #define OPT_LOW_CWND 0x4
+#define OPT_CLASSIC_DETECT 0x8
+#define CLASSIC_DEPTH_US 2000U
+#define CLASSIC_STICKY 16U
+#define CLASSIC_SCORE_ON 8U
+#define CLASSIC_ALPHA 614U /* 0.6 * MAX_ALPHA: c * ~0.6 in prague_classic_ecn_fallback() */
 #ifndef RTT_TARGET_US
 #define RTT_TARGET_US 25000ULL /* prague_rtt_target */
 #endif
@@ -77,6 +91,7 @@ struct scalable {
 	__u32 ce_state;
 	__u32 loss_cwnd;
 	__u32 round; /* rounds since slow start ended */
+	__u32 classic_score; /* classic ECN bottleneck evidence, 0..CLASSIC_STICKY */
 	__u64 alpha_stamp; /* tcp_mstamp (us) of the last alpha update */
 	__u64 cwr_stamp; /* ... and of the last reduction on CE */
 };
@@ -122,6 +137,7 @@ void BPF_PROG(scalable_init, struct sock *sk)
 	ca->loss_cwnd = 0;
 	ca->ce_state = 0;
 	ca->round = 0;
+	ca->classic_score = 0;
 	ca->alpha_stamp = tp->tcp_mstamp;
 	ca->cwr_stamp = 0;
 	new_round(tp, ca);
@@ -141,7 +157,12 @@ __u32 BPF_PROG(scalable_ssthresh, struct sock *sk)
 	/* cwnd * alpha / 2, truncated; with windows down to one segment rounded to nearest as
 	 * prague_enter_cwr() does ("unbias the rounding"), else a window of 2 never comes down
 	 * (2 * alpha / 2 < 1 for any alpha < 1) */
-	__u32 cut = (cwnd * ca->alpha + ((PRAGUE & OPT_LOW_CWND) ? MAX_ALPHA : 0)) >> 11;
+	__u32 alpha = ca->alpha;
+	__u32 cut;
+
+	if ((PRAGUE & OPT_CLASSIC_DETECT) && ca->classic_score >= CLASSIC_SCORE_ON && alpha < CLASSIC_ALPHA)
+		alpha = CLASSIC_ALPHA;
+	cut = (cwnd * alpha + ((PRAGUE & OPT_LOW_CWND) ? MAX_ALPHA : 0)) >> 11;
 
 	/* prague_enter_cwr(): RTT-independent flows reduce at most once per target RTT */
 	if (rtt_indep(tp, ca) && tp->tcp_mstamp - ca->cwr_stamp < RTT_TARGET_US)
@@ -149,6 +170,21 @@ __u32 BPF_PROG(scalable_ssthresh, struct sock *sk)
 	ca->cwr_stamp = tp->tcp_mstamp;
 	ca->loss_cwnd = cwnd;
 	return cwnd - cut > MIN_CWND ? cwnd - cut : MIN_CWND;
+}
+
+/* The standing queue a CE-marking bottleneck keeps: deep (a classic ECN AQM) or not (L4S). */
+static __always_inline void classic_detect(const struct tcp_sock *tp, struct scalable *ca)
+{
+	__u32 srtt = tp->srtt_us >> 3, min_rtt = tp->rtt_min.s[0].v;
+
+	if (!srtt || min_rtt == ~0U)
+		return;
+	if (srtt > min_rtt + CLASSIC_DEPTH_US) {
+		if (ca->classic_score < CLASSIC_STICKY)
+			ca->classic_score++;
+	} else if (ca->classic_score) {
+		ca->classic_score--;
+	}
 }
 
 /* Once per RTT: alpha = (1 - g) * alpha + g * (CE-marked / delivered). */
@@ -166,6 +202,8 @@ void BPF_PROG(scalable_in_ack_event, struct sock *sk, __u32 flags)
 		return;
 	ca->alpha_stamp = tp->tcp_mstamp;
 	marked = tp->delivered_ce - ca->old_delivered_ce;
+	if ((PRAGUE & OPT_CLASSIC_DETECT) && marked)
+		classic_detect(tp, ca);
 	alpha = ca->alpha;
 	step = alpha >> SHIFT_G;
 	alpha -= (step == 0 && alpha > 0) ? alpha : step; /* min_not_zero, as DCTCP */
