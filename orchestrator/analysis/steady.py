@@ -1,0 +1,37 @@
+"""Steady-state delivery rate (D_SS), as heistp/l4s-tests' s1_steady_state.go computes it.
+
+For each flow: the mean of the sender's nonzero TCP delivery-rate samples (tcp_info's
+tcpi_delivery_rate, Flent's `tcp_delivery_rate`) whose time lies strictly inside a window of
+`window_s` (60 s there) that ends `tail_s` (2 s) before the flow's last sample, so the flow's
+shutdown never counts. Jain's index over the flows' D_SS is that script's fairness column.
+
+iperf3 flows (kind tcp) carry no tcpi_delivery_rate: their samples are iperf3's per-interval
+goodput, so their D_SS is a mean goodput, a close but not identical quantity.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+WINDOW_S = 60.0  # tstart := tlast - 62; tend := tstart + 60
+TAIL_S = 2.0
+_T, _RATE = 0, 3  # tcp_info row columns: t, delivery_rate_bps (workloads/tcpinfo.COLUMNS)
+
+
+def d_ss_mbps(flow: dict[str, Any], window_s: float = WINDOW_S, tail_s: float = TAIL_S) -> float | None:
+    """The flow's steady-state delivery rate in Mbit/s, or None without rate samples."""
+    rows = [r for r in flow.get("tcp_info") or [] if r and r[_T] is not None]
+    if not rows:
+        return None
+    t_end = max(r[_T] for r in rows) - tail_s
+    t_start = t_end - window_s
+    rates = [float(r[_RATE]) for r in rows if t_start < r[_T] < t_end and r[_RATE]]
+    return sum(rates) / len(rates) / 1e6 if rates else None
+
+
+def jain(values: list[float | None]) -> float | None:
+    """Jain's index over the known values ((sum x)^2 / (n sum x^2)); None if none."""
+    xs = [v for v in values if v is not None]
+    if not xs or not any(xs):
+        return None
+    return sum(xs) ** 2 / (len(xs) * sum(x * x for x in xs))
