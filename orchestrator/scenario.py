@@ -148,16 +148,25 @@ class Scenario(BaseModel):
                 raise SpecError(source, f"{path}.start",
                                 f"starts at {flow.start} but the scenario lasts {self.duration}")
         for key, values in self.sweep.items():
-            if key not in SWEEP_CHECKS:
-                raise SpecError(source, f"{prefix}sweep.{key}",
-                                "unknown sweep key (expected policy, rate, rtt, buffer or datapath)")
+            if key.startswith("delay."):  # a host's access-link delay (orchestrator/access_delay.py)
+                if key[6:] not in names or names[key[6:]] == "router":
+                    raise SpecError(source, f"{prefix}sweep.{key}",
+                                    f"expected delay.<sender or receiver>, got unknown host {key[6:]!r}")
+            elif key not in SWEEP_CHECKS:
+                raise SpecError(source, f"{prefix}sweep.{key}", "unknown sweep key (expected policy, rate, "
+                                "rtt, buffer, datapath or delay.<host>)")
             if not values:
                 raise SpecError(source, f"{prefix}sweep.{key}", "expected a non-empty list")
             for j, value in enumerate(values):
                 try:
-                    SWEEP_CHECKS[key](value)
+                    SWEEP_CHECKS.get(key, _check_delay)(value)
                 except ValueError as e:
                     raise SpecError(source, f"{prefix}sweep.{key}[{j}]", str(e)) from None
+
+
+def _check_delay(value: Any) -> None:
+    if units.seconds(value) < 0:
+        raise ValueError(f"expected a non-negative delay like '5ms', got {value!r}")
 
 
 def _check_name(value: Any) -> None:

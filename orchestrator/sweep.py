@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from orchestrator import link, results, units
+from orchestrator import access_delay, link, results, units
 from orchestrator.run import Progress, Run, RunConfig
 from orchestrator.scenario import Scenario
 from orchestrator.testbed import Testbed
@@ -53,11 +53,13 @@ def execute(tb: Testbed, sweep_dir: Path, progress: Progress | None = None,
     scenario = Scenario.model_validate(data["scenario"])
     base = data["base"]
     saved = (tb.bottleneck.rate_bps, tb.bottleneck.rtt_s, tb.extra.get("buffer_spec"))
+    saved_delays = dict(tb.bottleneck.extra_delay_s)
     done = []
     try:
         for i, p in pending(sweep_dir):
             point = p["point"]
             _apply_link(tb, point)
+            access_delay.apply(tb, point)  # per-host access delays: per-flow RTTs
             config = RunConfig(policy=point.get("policy", base["policy"]),
                                datapath=point.get("datapath", base["datapath"]),
                                policy_args=base["policy_args"], duration_s=base["duration_s"],
@@ -76,6 +78,8 @@ def execute(tb: Testbed, sweep_dir: Path, progress: Progress | None = None,
     finally:
         if any(k in p["point"] for p in data["points"] for k in ("rate", "rtt", "buffer")):
             link.reconfigure(tb, rate_bps=saved[0], rtt_s=saved[1], buffer=saved[2])
+        if any(access_delay.keys(p["point"]) for p in data["points"]):
+            access_delay.restore(tb, saved_delays)
     return done
 
 

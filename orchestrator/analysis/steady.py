@@ -35,3 +35,28 @@ def jain(values: list[float | None]) -> float | None:
     if not xs or not any(xs):
         return None
     return sum(xs) ** 2 / (len(xs) * sum(x * x for x in xs))
+
+
+def sweep_table(sweep_dir: Any) -> list[str]:
+    """One line per point of a sweep: its values, each flow's D_SS (Mbit/s) and Jain over
+    them, as the rows of l4s-tests' s1_table.md (read from each run's summary.json)."""
+    import json
+    from pathlib import Path
+
+    root = Path(sweep_dir)
+    data = json.loads((root / "sweep.json").read_text())
+    lines = []
+    for p in data["points"]:
+        point = " ".join(f"{k}={v}" for k, v in sorted(p["point"].items()))
+        path = root / str(p.get("run")) / "summary.json"
+        if not p.get("run") or not path.exists():
+            lines.append(f"{point}  ({p['status']}, no summary)")
+            continue
+        s = json.loads(path.read_text())
+        flows = "  ".join(f"{f['name']} D_SS {_fmt(f.get('d_ss_mbps'))}" for f in s.get("flows", []))
+        lines.append(f"{point}  {flows}  Jain {_fmt(s.get('jain_d_ss'), 3)}")
+    return lines
+
+
+def _fmt(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
