@@ -42,11 +42,16 @@ def test_dualpi2_gains_reach_the_kernel_as_the_policy_runs_them() -> None:
         return int(struct.unpack("<f", struct.pack("<f", f * 256))[0])
 
     assert "alpha" not in leaf_args(policies.make("dualpi2", {}), 100, 50e6)
-    for args in ({"alpha": "0.2", "beta": "5"}, {"max_rtt_ms": "200"}, {"typical_rtt_ms": "7"}):
+    for args in ({"alpha": "0.2", "beta": "5"}, {"max_rtt_ms": "200"}, {"typical_rtt_ms": "7"},
+                 {"beta": "2.0078124"}):
         pol = policies.make("dualpi2", args)
         tc = leaf_args(pol, 100, 50e6)
-        assert tc_units(tc[tc.index("alpha") + 1]) == pol.params.alpha256
-        assert tc_units(tc[tc.index("beta") + 1]) == pol.params.beta256
+        for key, kernel_default in (("alpha", 41), ("beta", 819)):
+            want = getattr(pol.params, key + "256")
+            if want == kernel_default:
+                assert key not in tc
+            else:
+                assert tc_units(tc[tc.index(key) + 1]) == want
     tc = leaf_args(policies.make("dualpi2", {"step_thresh_pkts": 4, "min_qlen_step": 2}), 100, 50e6)
     assert tc[tc.index("step_thresh") + 1] == "4p" and tc[tc.index("min_qlen_step") + 1] == "2"
     with pytest.raises(UserError, match="arithmetic"):

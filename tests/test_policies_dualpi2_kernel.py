@@ -55,6 +55,8 @@ def test_other_gains_go_through_tcs_float_conversion():
     assert p.alpha256 == int(c_float(0.2) * 256) == 51 and p.beta256 == 1280
     g = DualPi2(p).effective_gains()
     assert g["alpha_int"] == scale(51) and g["beta_int"] == scale(1280)
+    # strtof rounds 2.0078124 up to 2.0078125 = 514/256; a double would give 513
+    assert DualPi2Params(beta=2.0078124).beta256 == int(c_float(2.0078124) * 256) == 514
     # derived from max_rtt as tc does, then double * 256 truncated
     p = DualPi2Params(max_rtt_ms=200)
     assert p.alpha256 == int(p.alpha * 256) and p.beta256 == int(p.beta * 256)

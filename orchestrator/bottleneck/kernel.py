@@ -205,11 +205,12 @@ def _dualpi2(p: Any) -> list[str]:
     _refuse("dualpi2", p, "qdelay", "max", "Linux dualpi2 always uses the larger queue delay")
     _refuse("dualpi2", p, "arithmetic", "kernel", "sch_dualpi2 computes in integers")
     # The gains in 1/256 Hz the policy's kernel arithmetic runs (policies/dualpi2_kernel.py):
-    # none for the kernel's defaults (41, 819; tc would turn '0.16' into 40), else a value
-    # whose float32 times 256 truncates to exactly that integer.
+    # none for the kernel's defaults (41, 819; tc would turn '0.16' into 40), else n/256 in
+    # full: 8 decimals print it exactly, and a float holds it exactly (n < 2^23), so tc's
+    # (uint32)(strtof(s) * 256) gives back n.
     gains = [arg for key, default in (("alpha", 41), ("beta", 819))
              if getattr(p, key + "256") != default
-             for arg in (key, f"{(getattr(p, key + '256') + 0.5) / 256:.9f}")]
+             for arg in (key, f"{getattr(p, key + '256') / 256:.8f}")]
     step = (["step_thresh", f"{p.step_thresh_pkts}p"] if p.step_thresh_pkts is not None
             else ["step_thresh", _ms(p.step_thresh_ms)])
     return ["dualpi2", "limit", str(p.limit), "target", _ms(p.target_ms),
