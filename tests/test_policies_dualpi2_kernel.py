@@ -176,3 +176,26 @@ def test_testbed_policies_prints_the_gains_that_run():
     assert "effective gains: alpha 0.156250 beta 3.195312 as tc prints them" in block
     assert "applied: alpha 0.160071 Hz beta 3.197783 Hz (44/879 per 64 ns from 41/819" in block
     assert "on ebpf: coin tossed at enqueue" in block
+
+
+def test_a_recorded_run_gives_the_kernels_probabilities():
+    """The first 600 updates of a real DualPI2 run on nfqueue (tests/data/: the head delays
+    the link handed the policy, and the probabilities the run logged). Fed the same delays, the
+    kernel model written above gives the same p' sequence as the policy, and the logged
+    probabilities are the kernel's coins on it: classic ((p+1)/2^32)^2, L (2p+1)/2^32."""
+    import json
+    from pathlib import Path
+
+    data = json.loads((Path(__file__).parent / "data" / "dualpi2_recorded_updates.json").read_text())
+    rows = data["rows"]
+    qdelay_ns = [round(max(c_ms, l_ms) / 1e3 * 1e9) for c_ms, l_ms, *_ in rows]
+    want = kernel_model(qdelay_ns, 15_000_000, 41, 819, True, 2)
+    pol = DualPi2()
+    got = []
+    for c_ms, l_ms, *_ in rows:
+        pol.update(qs(c_ms=c_ms, l_ms=l_ms))
+        got.append(pol.prob_u32)
+    assert got == want and max(want) > 2**28  # p' went well above 1/16 in this run
+    for (_, _, p_c, p_l, p_l_drop), prob in zip(rows, want, strict=True):
+        assert p_c == ((prob + 1) / 2**32) ** 2
+        assert p_l == (2 * prob + 1) / 2**32 and p_l_drop == 0.0
