@@ -10,10 +10,12 @@ from orchestrator.analysis import steady
 from orchestrator.workloads import tcpinfo
 
 
-def row(t: float, rate_bps: float) -> list:
+def row(t: float, rate_bps: float, acked: int | None = 1) -> list:
+    """A tcp_info row of the project's sender (bytes_acked set), or of iperf3 (acked None)."""
     r = [None] * len(tcpinfo.COLUMNS)
     r[tcpinfo.COLUMNS.index("t")] = t
     r[tcpinfo.COLUMNS.index("delivery_rate_bps")] = rate_bps
+    r[tcpinfo.COLUMNS.index("bytes_acked")] = acked
     return r
 
 
@@ -36,3 +38,9 @@ def test_jain_matches_the_published_row():
     # s1_table.md, 50 Mbit/s dualpi2: cubic(10ms) 12.65, prague(10ms) 34.57, Jain 0.823
     assert round(steady.jain([12.65, 34.57]), 3) == 0.823
     assert steady.jain([5.0, None, 5.0]) == 1.0 and steady.jain([None]) is None
+
+
+def test_iperf_goodput_samples_keep_their_zeros():
+    # iperf3 writes in bursts: 0.1 s intervals alternate 0 and 40 Mbit/s for a 20 Mbit/s flow
+    rows = [row(i / 10, 40e6 if i % 2 else 0.0, acked=None) for i in range(700)]
+    assert steady.d_ss_mbps({"tcp_info": rows}) == pytest.approx(20.0, rel=0.01)
