@@ -31,8 +31,9 @@ COL = {c: i for i, c in enumerate(tcpinfo.COLUMNS)}
 
 def test_each_variant_has_its_own_name_and_decodes_back():
     assert prague.cc_name("fid1") == "l4s_fid1"  # the default: pacing only, as before
-    names = {prague.cc_name("abcdefghij", bits) for bits in range(16)}
-    assert len(names) == 16 and all(len(n) <= 15 for n in names)
+    names = {prague.cc_name("abcdefghij", bits) for bits in range(32)}
+    assert len(names) == 32 and all(len(n) <= 15 for n in names)
+    assert all(prague.variant(prague.cc_name("fid1", b))["ai_in_cwr"] == bool(b & 0x10) for b in range(32))
     opts = prague.PragueOptions(rtt_independence=True, pacing=False, low_cwnd=True)
     name = prague.cc_name("fid1", opts.bits)
     assert name == "l4s5_fid1"
@@ -214,3 +215,24 @@ def test_classic_ecn_detection_backs_off_behind_a_classic_aqm(netns_testbed, tmp
     alone = rate_mbps(run(tb, flows, 8, tmp_path / "l4s-aqm")["l4s"], 2, 8)
     print(f"classic_ecn_detection=True alone through DualPI2: {alone:.2f} Mbit/s")
     assert alone > 35
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@needs_root
+def test_ai_in_cwr_takes_a_larger_share_against_cubic(netns_testbed, tmp_path):
+    """CUBIC and an L4S flow, both 10 ms, through DualPI2 at 50 Mbit/s (l4s-tests' first row,
+    shortened): under the coupled marking the L4S sender is often in CWR, where the kernel
+    does not call cong_avoid; growing during CWR, as Prague does, it takes a larger share."""
+    tb = netns_testbed(yaml(unique_name("fid"), "50mbit", "10ms"))
+    share = {}
+    for ai in (False, True):
+        flows = [{"name": "cubic", "kind": "tcp", "src": "s1", "dst": "rx", "cc": "cubic", "ecn": "not-ect"},
+                 {"name": "l4s", "kind": "l4s", "src": "s2", "dst": "rx", "prague": {"ai_in_cwr": ai}}]
+        reports = run(tb, flows, 30, tmp_path / f"ai{int(ai)}")
+        rates = [rate_mbps(reports["cubic"], 8, 30), rate_mbps(reports["l4s"], 8, 30)]
+        share[ai] = rates[1] / sum(rates)
+        print(f"\nai_in_cwr={ai}: CUBIC {rates[0]:.2f} Mbit/s, L4S {rates[1]:.2f} Mbit/s, "
+              f"L4S share {share[ai]:.2f}, ran {reports['l4s']['cc']}")
+        assert reports["l4s"]["cc_variant"]["ai_in_cwr"] is ai
+    assert share[True] > share[False] + 0.05

@@ -25,9 +25,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-RTT_INDEPENDENCE, PACING, LOW_CWND, CLASSIC_ECN_DETECTION = 0x1, 0x2, 0x4, 0x8
+RTT_INDEPENDENCE, PACING, LOW_CWND, CLASSIC_ECN_DETECTION, AI_IN_CWR = 0x1, 0x2, 0x4, 0x8, 0x10
 BITS = {"rtt_independence": RTT_INDEPENDENCE, "pacing": PACING, "low_cwnd": LOW_CWND,
-        "classic_ecn_detection": CLASSIC_ECN_DETECTION}
+        "classic_ecn_detection": CLASSIC_ECN_DETECTION, "ai_in_cwr": AI_IN_CWR}
+DIGITS = "0123456789abcdefghijklmnopqrstuv"  # the variant in one character of the CC's name
 DEFAULT_BITS = PACING
 
 
@@ -46,6 +47,9 @@ class PragueOptions(BaseModel):
     # back off as a classic flow on CE when the RTT shows the standing queue of a classic ECN
     # AQM (a simplified prague_classic_ecn_detection(), see bpf/scalable_cc.bpf.c)
     classic_ecn_detection: bool = False
+    # keep growing while in CWR, as Prague does on every unmarked ACK (into ssthresh, which
+    # cwnd reaches when CWR ends; see bpf/scalable_cc.bpf.c)
+    ai_in_cwr: bool = False
 
     @property
     def bits(self) -> int:
@@ -62,10 +66,10 @@ def bits_of(options: PragueOptions | dict[str, Any] | None) -> int:
 
 def cc_name(testbed_name: str, bits: int = DEFAULT_BITS, name_max: int = 15) -> str:
     """The congestion control's name for this testbed and variant (TCP_CA_NAME_MAX - 1 chars;
-    testbed names have at most 10, so 'l4s' + one hex digit + '_' always fits)."""
+    testbed names have at most 10, so 'l4s' + one base-32 digit + '_' always fits)."""
     if bits == DEFAULT_BITS:
         return f"l4s_{testbed_name}"[:name_max]
-    return f"l4s{bits:x}_{testbed_name}"[:name_max]
+    return f"l4s{DIGITS[bits]}_{testbed_name}"[:name_max]
 
 
 def variant(cc: str | None) -> dict[str, Any]:
@@ -77,7 +81,7 @@ def variant(cc: str | None) -> dict[str, Any]:
     if cc.startswith("l4s"):
         head = cc[3:].split("_", 1)[0]
         try:
-            bits = int(head, 16) if head else DEFAULT_BITS
+            bits = int(head, 32) if head else DEFAULT_BITS
         except ValueError:
             return {"cc": cc, "kind": "unknown"}
         return {"cc": cc, "kind": "scalable", **{key: bool(bits & bit) for key, bit in BITS.items()}}

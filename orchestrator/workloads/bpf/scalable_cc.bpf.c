@@ -38,6 +38,11 @@
  *         holds it at its target. While the score is at least CLASSIC_SCORE_ON, each reduction
  *         uses max(alpha, 0.6), Prague's classic fallback (prague_classic_ecn_fallback()), so
  *         the flow backs off about as a classic flow does on a mark.
+ *     0x10 additive increase during CWR (Prague's "additive increase uses unsaturated
+ *         marking": it updates cwnd on every ACK whatever the congestion state). The kernel
+ *         calls cong_avoid only outside CWR and, during it, drives cwnd towards ssthresh
+ *         (PRR); so each unmarked ACKed segment during CWR adds 1/ssthresh of a segment to
+ *         ssthresh itself (the same scaling as cong_avoid), which cwnd reaches when CWR ends.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -56,6 +61,7 @@
 #define OPT_PACING 0x2
 #define OPT_LOW_CWND 0x4
 #define OPT_CLASSIC_DETECT 0x8
+#define OPT_AI_IN_CWR 0x10
 #define CLASSIC_DEPTH_US 2000U
 #define CLASSIC_STICKY 16U
 #define CLASSIC_SCORE_ON 8U
@@ -92,6 +98,8 @@ struct scalable {
 	__u32 loss_cwnd;
 	__u32 round; /* rounds since slow start ended */
 	__u32 classic_score; /* classic ECN bottleneck evidence, 0..CLASSIC_STICKY */
+	__u32 cwr_delivered; /* tp->delivered - delivered_ce at the previous ACK */
+	__u32 cwr_acc; /* unmarked segments ACKed in CWR since ssthresh last grew */
 	__u64 alpha_stamp; /* tcp_mstamp (us) of the last alpha update */
 	__u64 cwr_stamp; /* ... and of the last reduction on CE */
 };
@@ -138,6 +146,8 @@ void BPF_PROG(scalable_init, struct sock *sk)
 	ca->ce_state = 0;
 	ca->round = 0;
 	ca->classic_score = 0;
+	ca->cwr_delivered = tp->delivered - tp->delivered_ce;
+	ca->cwr_acc = 0;
 	ca->alpha_stamp = tp->tcp_mstamp;
 	ca->cwr_stamp = 0;
 	new_round(tp, ca);
@@ -187,6 +197,26 @@ static __always_inline void classic_detect(const struct tcp_sock *tp, struct sca
 	}
 }
 
+/* One segment of growth per `w` unmarked segments ACKed while in CWR, into ssthresh. */
+static __always_inline void grow_in_cwr(struct sock *sk, struct tcp_sock *tp, struct scalable *ca)
+{
+	__u32 unmarked = tp->delivered - tp->delivered_ce;
+	__u32 acked = unmarked - ca->cwr_delivered;
+	__u64 w = tp->snd_ssthresh, rtt = tp->srtt_us >> 3;
+
+	ca->cwr_delivered = unmarked;
+	if (((struct inet_connection_sock *)sk)->icsk_ca_state != TCP_CA_CWR || !acked || !w)
+		return;
+	if (rtt_indep(tp, ca) && rtt && rtt < RTT_TARGET_US) /* as cong_avoid scales it */
+		w = w * RTT_TARGET_US * RTT_TARGET_US / (rtt * rtt);
+	ca->cwr_acc += acked;
+	if (ca->cwr_acc >= w) {
+		ca->cwr_acc = 0;
+		if (tp->snd_ssthresh < tp->snd_cwnd_clamp)
+			tp->snd_ssthresh++;
+	}
+}
+
 /* Once per RTT: alpha = (1 - g) * alpha + g * (CE-marked / delivered). */
 SEC("struct_ops/scalable_in_ack_event")
 void BPF_PROG(scalable_in_ack_event, struct sock *sk, __u32 flags)
@@ -195,6 +225,8 @@ void BPF_PROG(scalable_in_ack_event, struct sock *sk, __u32 flags)
 	struct scalable *ca = ca_of(sk);
 	__u32 alpha, marked, delivered, step;
 
+	if (PRAGUE & OPT_AI_IN_CWR)
+		grow_in_cwr(sk, tp, ca);
 	if ((__s32)(tp->snd_una - ca->next_seq) < 0)
 		return;
 	/* prague_should_update_ewma(): and at least a target RTT apart once RTT-independent */
