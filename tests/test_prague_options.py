@@ -235,4 +235,4 @@ def test_ai_in_cwr_takes_a_larger_share_against_cubic(netns_testbed, tmp_path):
         print(f"\nai_in_cwr={ai}: CUBIC {rates[0]:.2f} Mbit/s, L4S {rates[1]:.2f} Mbit/s, "
               f"L4S share {share[ai]:.2f}, ran {reports['l4s']['cc']}")
         assert reports["l4s"]["cc_variant"]["ai_in_cwr"] is ai
-    assert share[True] > share[False] + 0.03  # seen: 0.61-0.62 -> 0.67-0.68
+    assert share[True] > share[False] + 0.03  # seen in 3 runs: 0.49-0.62 -> 0.59-0.68, +0.05..+0.10
