@@ -9,9 +9,9 @@ import sys
 
 import click
 
-from orchestrator import testbed as tbmod
 from orchestrator.errors import UserError
-from orchestrator.names import is_testbed_name, testbed_name
+from orchestrator.spec.names import is_testbed_name, testbed_name
+from orchestrator.testbed import base as tbmod
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,8 +23,9 @@ def cli() -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 def up(file: str) -> None:
     """Build the testbed described by FILE (YAML)."""
-    from orchestrator import spec as specmod
-    from orchestrator.providers import netns, ssh
+    from orchestrator.providers import netns
+    from orchestrator.providers.ssh import transport as ssh
+    from orchestrator.spec import schema as specmod
 
     spec = specmod.load(file)
     tb = ssh.up(spec) if spec.provider == "ssh" else netns.up(spec)
@@ -56,7 +57,8 @@ def down(name: str | None, all_: bool) -> None:
 
 
 def _down_one(name: str) -> list[str]:
-    from orchestrator.providers import netns, ssh
+    from orchestrator.providers import netns
+    from orchestrator.providers.ssh import transport as ssh
 
     try:
         tb = tbmod.load(name)
@@ -99,7 +101,7 @@ def _leftover_names() -> set[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
 def status(name: str | None, as_json: bool) -> None:
     """Show the testbeds that are up: hosts, roles, addresses, links, processes."""
-    from orchestrator.status import describe, render
+    from orchestrator.testbed.status import describe, render
 
     names = [testbed_name(name)] if name is not None else tbmod.names_up()
     info = [describe(tbmod.load(n)) for n in names]

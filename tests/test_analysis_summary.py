@@ -19,7 +19,7 @@ from test_analysis_queue import telemetry
 
 from orchestrator.analysis import analyze, compare, flent, summarize
 from orchestrator.commands import analysis as commands
-from orchestrator.telemetry import PartWriter
+from policies.telemetry import PartWriter
 
 RATE = 40e6
 A_GOODPUT = 20 * MSS * 8 / 0.210 / 1e6  # first arrival at 8 ms, last at 218 ms (see tcp_flow)

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import policies
-from orchestrator import telemetry
-from orchestrator.control import ControlLoop
+from orchestrator.bottleneck.control import ControlLoop
 from orchestrator.errors import UserError
+from policies import telemetry
 from policies.aqm_llm import dataset as D
 from policies.aqm_llm.backbone import load_backbone
 from policies.aqm_llm.checkpoint import load_checkpoint, save_checkpoint

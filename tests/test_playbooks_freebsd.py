@@ -10,9 +10,9 @@ import re
 
 import pytest
 
-from orchestrator import freebsd
 from orchestrator.errors import UserError
-from orchestrator.testbed import Bottleneck, Host, Interface
+from orchestrator.providers.ssh import freebsd
+from orchestrator.testbed.base import Bottleneck, Host, Interface
 
 # --- a model of the parser, from sbin/ipfw/dummynet.c -----------------------------------
 DUMMYNET_PARAMS = {"plr", "noerror", "buckets", "dst-ip", "src-ip", "dst-port", "src-port", "proto",

@@ -52,7 +52,7 @@ def files_under(root: Path) -> list[Path]:
 
 @pytest.mark.slow
 def test_up_exec_popen_down_leaves_hosts_clean(lab, tmp_path):
-    from orchestrator import testbed as tbmod
+    from orchestrator.testbed import base as tbmod
 
     name = unique_name("sshe")
     spec = write_spec(lab, tmp_path, name)
@@ -163,7 +163,7 @@ def _check_capture_playbook(tb, tmp_path: Path) -> None:
     """capture.yml: tcpdump on the hosts' testbed interfaces, pcaps fetched to the controller."""
     import dpkt
 
-    from orchestrator import ansible
+    from orchestrator.providers.ssh import ansible
 
     ansible.run_playbook(tb, "capture.yml", {"capture_action": "start"}, limit="s1,rx") \
         .raise_for_failure("capture start")
@@ -191,7 +191,7 @@ def _check_no_key_material(lab: SshLab, tb) -> None:
 
 
 def _up_fails(spec: Path, *patterns: str, within: float = 15.0) -> str:
-    from orchestrator import testbed as tbmod
+    from orchestrator.testbed import base as tbmod
 
     t0 = time.monotonic()
     res = run_cli("up", str(spec), timeout=120)
@@ -253,8 +253,8 @@ def test_changed_host_key_fails_fast(lab, tmp_path):
 
 
 def test_unknown_host_key_fails_unless_insecure(lab, tmp_path):
-    from orchestrator import spec as specmod
-    from orchestrator.providers import ssh
+    from orchestrator.providers.ssh import transport as ssh
+    from orchestrator.spec import schema as specmod
 
     known = tmp_path / "known_hosts"
     known.write_text("".join(line + "\n" for line in lab.known_hosts.read_text().splitlines()

@@ -46,7 +46,7 @@ def lab(tmp_path_factory):
 
 
 def run_once(tb, results: Path, policy: str = "dualpi2") -> Path:
-    from orchestrator.run import Run, RunConfig
+    from orchestrator.experiment.run import Run, RunConfig
 
     run = Run(tb, tb.spec().scenario, RunConfig(policy=policy, datapath="nfqueue", results_root=results))
     try:
@@ -66,9 +66,9 @@ def close(a: float, b: float, abs_: float, rel: float) -> bool:
 
 
 def test_ssh_run_matches_the_local_provider(lab, tmp_path):
-    from orchestrator import spec as specmod
-    from orchestrator import testbed as tbmod
     from orchestrator.providers import netns
+    from orchestrator.spec import schema as specmod
+    from orchestrator.testbed import base as tbmod
 
     name = unique_name("sshm")
     spec_file = tmp_path / "ssh.yaml"
@@ -118,7 +118,7 @@ def test_ssh_run_matches_the_local_provider(lab, tmp_path):
 
 
 def test_host_lost_mid_run_aborts_it_and_the_others_are_cleaned(lab, tmp_path):
-    from orchestrator import testbed as tbmod
+    from orchestrator.testbed import base as tbmod
 
     name = unique_name("sshx")
     spec_file = tmp_path / "ssh.yaml"

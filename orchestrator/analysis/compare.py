@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from orchestrator.analysis import queue, summary
 from orchestrator.analysis.plots import COLOURS
-from orchestrator.analysis.run import Run, load_json
+from orchestrator.analysis.rundir import Run, load_json
 from policies.base import CLASSES
 
 LINESTYLES = ("-", "--", ":", "-.")

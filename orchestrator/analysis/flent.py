@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.analysis import report, summary
-from orchestrator.analysis.run import Run
+from orchestrator.analysis.rundir import Run
 from policies.base import CLASSES
 
 FORMAT_VERSION = 4

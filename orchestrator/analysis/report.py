@@ -15,7 +15,7 @@ import pandas as pd
 
 from orchestrator.analysis import compare as comparemod
 from orchestrator.analysis import plots, summary
-from orchestrator.analysis.run import Run, load_json
+from orchestrator.analysis.rundir import Run, load_json
 
 PLOTS = (("queue_delay_cdf.png", "Queue delay CDF"), ("throughput.png", "Throughput per flow"),
          ("queue_delay.png", "Queue delay over time"), ("probability.png", "Marking and drop probability"))

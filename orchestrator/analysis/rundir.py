@@ -15,7 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator import telemetry, units
+from orchestrator.spec import units
+from policies import telemetry
 
 L4S_ECN = ("ect1", "ce")
 

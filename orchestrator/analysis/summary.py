@@ -22,7 +22,7 @@ import pandas as pd
 from orchestrator.analysis import flows as flowmod
 from orchestrator.analysis import queue
 from orchestrator.analysis.pcap import read_pcap
-from orchestrator.analysis.run import Run, flow_class
+from orchestrator.analysis.rundir import Run, flow_class
 from policies.base import CLASSES
 
 BIN_S = 0.1

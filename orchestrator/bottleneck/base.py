@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from orchestrator.errors import UserError
-from orchestrator.testbed import Testbed
+from orchestrator.testbed.base import Testbed
 from policies.base import Policy
 
 

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from orchestrator.telemetry import PartWriter
 from policies.base import CLASSES, HISTORY_LEN, Decision, Policy, QueueState
+from policies.telemetry import PartWriter
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ delay of the access links of its source and destination hosts (looked up by IPv4
 Extra access-link delay is applied on the reverse path only, as twice the one-way figure: TCP
 sees the same RTT, and the forward path, which carries the data, needs no hook.
 
-    python -m orchestrator.delayline CONFIG.json
+    python -m orchestrator.bottleneck.delayline CONFIG.json
 """
 
 from __future__ import annotations

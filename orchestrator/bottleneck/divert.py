@@ -1,7 +1,7 @@
 """The divert datapath: the project's policies on a FreeBSD router, through divert(4) sockets,
 the FreeBSD counterpart of NFQUEUE.
 
-An ipfw rule (orchestrator/freebsd.py) diverts every packet leaving the bottleneck interface
+An ipfw rule (orchestrator/providers/ssh/freebsd.py) diverts every packet leaving the bottleneck interface
 to DIVERT_PORT. This process reads them from a divert socket and hands them to the same link
 as the nfqueue datapath (orchestrator/bottleneck/nfqueue_link.py: two queues, the policy's
 per-packet decisions, CE marking with the checksum fixed, the rate, the control loop, the
@@ -11,7 +11,7 @@ address it came with: its port is the divert rule's number, so ipfw resumes afte
 packet is simply not written back. Telemetry goes to the router's state dir; the capture
 playbook fetches it.
 
-    python -m orchestrator.divert --config CONFIG.json
+    python -m orchestrator.bottleneck.divert --config CONFIG.json
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The 'dummynet' datapath: the FreeBSD router's own dummynet AQM, exactly as `testbed up`
 configured it (the router's ssh.aqm on the bottleneck pipe, ssh.aqm_args its parameters;
-playbooks/roles/freebsd_router and orchestrator/freebsd.py build it).
+playbooks/roles/freebsd_router and orchestrator/providers/ssh/freebsd.py build it).
 
 Minimal on purpose: it deploys nothing. A policy runs here only if it is the AQM the router
 was brought up with (fifo, codel or pie) and asks for that AQM's defaults, since the
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.bottleneck.base import Datapath
-from orchestrator.testbed import Testbed
+from orchestrator.testbed.base import Testbed
 from policies.base import Policy
 
 AQM_OF = {"fifo": "fifo", "codel": "codel", "pie": "pie"}  # policy -> dummynet AQM

@@ -33,11 +33,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator import link
 from orchestrator.bottleneck import bpfobj
+from orchestrator.bottleneck import shaping as link
 from orchestrator.bottleneck.base import Datapath
 from orchestrator.errors import UserError
-from orchestrator.testbed import Testbed
+from orchestrator.testbed.base import Testbed
 from policies.base import Policy
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class EbpfDatapath(Datapath):
         from policies.explore import Explore
 
         bn, qc = self.testbed.bottleneck, policy.queue_config()
-        seed = getattr(self, "seed", None)  # set by orchestrator.run
+        seed = getattr(self, "seed", None)  # set by orchestrator.experiment.run
         explore = None
         if isinstance(policy, Explore):
             explore = {"epsilon": policy.epsilon, "spread": policy.spread, "hold": policy.hold,

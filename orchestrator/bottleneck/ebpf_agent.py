@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 
 from orchestrator.bottleneck import bpfobj
+from orchestrator.bottleneck.control import ControlLoop
 from orchestrator.bottleneck.packetlog import write_part
 from orchestrator.bottleneck.ringbuf import RingReader
-from orchestrator.control import ControlLoop
 from policies.base import ClassState, Decision, QueueState
 
 CLS_CFG_DT = np.dtype([("p_drop", "<u4"), ("p_mark", "<u4"), ("step_ns", "<u8")])

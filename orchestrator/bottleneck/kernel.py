@@ -25,12 +25,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from orchestrator import link
+from orchestrator.bottleneck import shaping as link
 from orchestrator.bottleneck.base import Datapath
 from orchestrator.errors import UserError
-from orchestrator.telemetry import PartWriter
-from orchestrator.testbed import Testbed
+from orchestrator.testbed.base import Testbed
 from policies.base import Policy
+from policies.telemetry import PartWriter
 
 QDISC_OF = {"fifo": "pfifo", "red": "red", "codel": "codel", "pie": "pie", "dualpi2": "dualpi2"}
 LEAF = "10:"

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator import link
+from orchestrator.bottleneck import shaping as link
 from orchestrator.bottleneck.base import Datapath
 from orchestrator.errors import UserError
-from orchestrator.testbed import Testbed
+from orchestrator.testbed.base import Testbed
 from policies.base import Policy
 
 QUEUE_NUM = 10
@@ -81,7 +81,7 @@ class NfqueueDatapath(Datapath):
         bn = self.testbed.bottleneck
         assert self.run_dir is not None
         tel = self.remote or str(self.run_dir / "telemetry")
-        seed = getattr(self, "seed", None)  # set by orchestrator.run
+        seed = getattr(self, "seed", None)  # set by orchestrator.experiment.run
         explore = None
         if isinstance(policy, Explore):  # exploration noise around a registered policy
             explore = {"epsilon": policy.epsilon, "spread": policy.spread, "hold": policy.hold,

@@ -442,7 +442,7 @@ class Process:
         import pyarrow.parquet  # noqa: F401 - imported now, not by the first write (GIL held)
 
         import policies
-        from orchestrator.control import ControlLoop
+        from orchestrator.bottleneck.control import ControlLoop
 
         self.config = config
         self.policy = policies.make(config["policy"], config.get("policy_args", {}))

@@ -15,7 +15,7 @@ import json
 import shlex
 import subprocess
 
-from orchestrator.testbed import Testbed
+from orchestrator.testbed.base import Testbed
 
 DELAY_QUEUE_FORWARD = 0
 DELAY_QUEUE_REVERSE = 1
@@ -104,7 +104,7 @@ def _delay_line(tb: Testbed) -> None:
     tb.put(bn.router, path, json.dumps(delay_config(tb)))
     log_path = tb.state_dir / "delayline.log"
     with open(log_path, "wb") as log:  # the process's stdout, through ssh on remote routers
-        proc = tb.popen(bn.router, [tb.python(bn.router), "-m", "orchestrator.delayline", path],
+        proc = tb.popen(bn.router, [tb.python(bn.router), "-m", "orchestrator.bottleneck.delayline", path],
                         tag="delayline", stdout=log, stderr=subprocess.STDOUT)
     _wait_ready(tb, proc, log_path)
     for rule in delay_rules(tb):
@@ -155,7 +155,7 @@ def _delete_delay_rules(tb: Testbed) -> None:
 def reconfigure(tb: Testbed, rate_bps: float | None = None, rtt_s: float | None = None,
                 buffer: str | int | None = None) -> None:
     """Change the bottleneck's rate, base RTT or buffer in place (for sweeps)."""
-    from orchestrator.spec import _parse_buffer
+    from orchestrator.spec.schema import _parse_buffer
 
     bn = tb.bottleneck
     if bn.delay_mode == "dummynet":

@@ -17,9 +17,9 @@ from orchestrator.commands.run import parse_policy_args
 @click.option("--testbed", "name", help="Testbed name (default: the only one up).")
 def collect(matrix: str, out: str, name: str | None) -> None:
     """Run the matrix's training scenarios with exploring behaviour policies; write a pool."""
-    from orchestrator import collect as col
-    from orchestrator import testbed as tbmod
-    from orchestrator.view import RunProgress
+    from orchestrator.commands.view import RunProgress
+    from orchestrator.experiment import collect as col
+    from orchestrator.testbed import base as tbmod
 
     tb = tbmod.load(name)
     state = col.start(matrix, Path(out))
@@ -39,9 +39,9 @@ def collect(matrix: str, out: str, name: str | None) -> None:
 @click.option("--testbed", "name", help="Testbed name (default: the only one up).")
 def evaluate(out: str, specs: tuple[str, ...], repeat: int, name: str | None) -> None:
     """Run policies closed loop on the held-out scenarios; print one table with spread."""
-    from orchestrator import collect as col
-    from orchestrator import testbed as tbmod
-    from orchestrator.view import RunProgress
+    from orchestrator.commands.view import RunProgress
+    from orchestrator.experiment import collect as col
+    from orchestrator.testbed import base as tbmod
 
     tb = tbmod.load(name)
     chosen = []

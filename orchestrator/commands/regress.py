@@ -27,7 +27,7 @@ def regress(suite_file: str, baseline_file: str, update_baseline: bool, name: st
     """Run the scenarios x policies of SUITE_FILE, compare each metric of summary.json with
     the baseline, write a comparison table (CSV, and printed), and exit 1 if any metric
     drifted past its tolerance (or a run failed)."""
-    from orchestrator import regress as rg
+    from orchestrator.experiment import regress as rg
 
     suite = rg.load_suite(suite_file)
     baseline_path = Path(baseline_file)
@@ -57,8 +57,8 @@ def regress(suite_file: str, baseline_file: str, update_baseline: bool, name: st
 
 
 def _run(suite: object, name: str | None, out_dir: Path) -> tuple[dict, dict]:
-    from orchestrator import regress as rg
-    from orchestrator import testbed as tbmod
+    from orchestrator.experiment import regress as rg
+    from orchestrator.testbed import base as tbmod
 
     tb = tbmod.load(name)
     bn = tb.bottleneck

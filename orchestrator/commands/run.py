@@ -9,8 +9,8 @@ from typing import Any
 import click
 import yaml
 
-from orchestrator import results
 from orchestrator.errors import SpecError, UserError
+from orchestrator.experiment import results
 
 
 def parse_policy_args(items: tuple[str, ...]) -> dict[str, str]:
@@ -28,8 +28,8 @@ def load_scenario(path: str | None, tb: Any) -> Any:
     testbed file's own."""
     from pydantic import ValidationError
 
-    from orchestrator.scenario import Scenario
-    from orchestrator.spec import _message, key_path
+    from orchestrator.spec.scenario import Scenario
+    from orchestrator.spec.schema import _message, key_path
 
     spec = tb.spec()
     if path is None:
@@ -77,10 +77,10 @@ def run(policy: str | None, datapath: str | None, scenario_file: str | None, dur
         repeat: int, seed: int, policy_args: tuple[str, ...], name: str | None, results_root: str,
         resume: str | None, as_json: bool) -> None:
     """Run an experiment on the testbed that is up, and analyse it."""
-    from orchestrator import sweep
-    from orchestrator import testbed as tbmod
-    from orchestrator.run import DEFAULT_DATAPATH, RunConfig
-    from orchestrator.view import RunProgress, print_summary
+    from orchestrator.commands.view import RunProgress, print_summary
+    from orchestrator.experiment import sweep
+    from orchestrator.experiment.run import DEFAULT_DATAPATH, RunConfig
+    from orchestrator.testbed import base as tbmod
 
     tb = tbmod.load(name)
     results.mark_orphans(Path(results_root))
@@ -110,8 +110,8 @@ def run(policy: str | None, datapath: str | None, scenario_file: str | None, dur
 
 
 def _single(tb: Any, scenario: Any, config: Any, root: Path, as_json: bool) -> None:
-    from orchestrator.run import Run
-    from orchestrator.view import RunProgress, print_summary
+    from orchestrator.commands.view import RunProgress, print_summary
+    from orchestrator.experiment.run import Run
 
     config.results_root = root
     run_ = Run(tb, scenario, config)

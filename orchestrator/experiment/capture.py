@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any
 
 from orchestrator.errors import UserError
-from orchestrator.testbed import Testbed
+from orchestrator.testbed.base import Testbed
 
 READY_TIMEOUT_S = 10.0
 BUFFER_KIB = 8192  # -B: the kernel buffer, so a 200 Mbit/s burst is not dropped at 128 bytes

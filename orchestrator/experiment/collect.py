@@ -18,11 +18,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator import link, results, units
+from orchestrator.bottleneck import shaping as link
 from orchestrator.errors import SpecError, UserError
-from orchestrator.run import Run, RunConfig
-from orchestrator.scenario import FlowSpec, Scenario
-from orchestrator.testbed import Testbed
+from orchestrator.experiment import results
+from orchestrator.experiment.run import Run, RunConfig
+from orchestrator.spec import units
+from orchestrator.spec.scenario import FlowSpec, Scenario
+from orchestrator.testbed.base import Testbed
 
 
 class Mix(BaseModel):
@@ -51,7 +53,7 @@ class Matrix(BaseModel):
 
 
 def load_matrix(path: str | Path) -> Matrix:
-    from orchestrator.spec import _message, key_path
+    from orchestrator.spec.schema import _message, key_path
 
     try:
         data = yaml.safe_load(Path(path).read_text())

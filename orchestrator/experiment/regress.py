@@ -36,8 +36,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from orchestrator import units
 from orchestrator.errors import SpecError, UserError
+from orchestrator.spec import units
 
 FAILING = ("DRIFT", "missing", "failed")
 FLOW_PATH = re.compile(r"^flows\[([a-z0-9_-]+)\]\.(.+)$")
@@ -96,7 +96,7 @@ class Suite(BaseModel):
 
 
 def load_suite(path: str | Path) -> Suite:
-    from orchestrator.spec import _message, key_path
+    from orchestrator.spec.schema import _message, key_path
 
     path = Path(path)
     try:
@@ -255,8 +255,8 @@ def write_baseline(path: Path, suite: Suite, current: dict[str, dict[str, Any]],
 def load_scenario(case: Case, suite: Suite, tb: Any) -> Any:
     """The case's scenario (a file with `scenario:`, a scenario file, or inline), checked
     against the testbed that is up."""
-    from orchestrator.scenario import Scenario
-    from orchestrator.spec import _message, key_path
+    from orchestrator.spec.scenario import Scenario
+    from orchestrator.spec.schema import _message, key_path
 
     source, data = f"{suite.source}: cases[{case.name}].scenario", case.scenario
     if isinstance(data, str):
@@ -284,7 +284,7 @@ def run_suite(tb: Any, suite: Suite, out_dir: Path,
               on_run: Callable[[str, Path | None, str], None] | None = None) -> dict[str, dict[str, Any]]:
     """Run every case x policy on tb; returns {case/policy: {metric: value, _status, _run}}.
     A run that fails is recorded as failed and the suite goes on."""
-    from orchestrator.run import Run, RunConfig
+    from orchestrator.experiment.run import Run, RunConfig
 
     current: dict[str, dict[str, Any]] = {}
     scenarios = {c.name: load_scenario(c, suite, tb) for c in suite.cases}  # all errors first

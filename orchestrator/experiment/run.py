@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator import results, units
 from orchestrator.errors import UserError
-from orchestrator.scenario import Scenario
-from orchestrator.testbed import Testbed
+from orchestrator.experiment import results
+from orchestrator.spec import units
+from orchestrator.spec.scenario import Scenario
+from orchestrator.testbed.base import Testbed
 
 Progress = Callable[[str, float], None]  # (phase, seconds left or -1)
 
@@ -101,7 +102,7 @@ class Run:
     def execute(self, progress: Progress | None = None) -> Path:
         """Run it; return the run directory. Raises KeyboardInterrupt after cleaning up."""
         from orchestrator import workloads
-        from orchestrator.capture import Capture
+        from orchestrator.experiment.capture import Capture
 
         progress = progress or (lambda phase, left: None)
         random.seed(self.config.seed)

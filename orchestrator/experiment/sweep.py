@@ -12,10 +12,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from orchestrator import link, results, units
-from orchestrator.run import Progress, Run, RunConfig
-from orchestrator.scenario import Scenario
-from orchestrator.testbed import Testbed
+from orchestrator.bottleneck import shaping as link
+from orchestrator.experiment import results
+from orchestrator.experiment.run import Progress, Run, RunConfig
+from orchestrator.spec import units
+from orchestrator.spec.scenario import Scenario
+from orchestrator.testbed.base import Testbed
 
 
 def points(sweep: dict[str, list[Any]], repeat: int, seed: int) -> list[dict[str, Any]]:

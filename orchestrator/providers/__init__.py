@@ -11,7 +11,7 @@ def provider_class(name: str) -> type:
 
         return NetnsTestbed
     if name == "ssh":
-        from orchestrator.providers.ssh import SshTestbed  # type: ignore[import-not-found]
+        from orchestrator.providers.ssh.transport import SshTestbed  # type: ignore[import-not-found]
 
         return SshTestbed
     raise UserError(f"unknown provider {name!r} (expected netns or ssh)")

@@ -18,10 +18,11 @@ from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
-from orchestrator import kernel, link
+from orchestrator.bottleneck import shaping as link
 from orchestrator.errors import UserError
-from orchestrator.spec import Spec
-from orchestrator.testbed import (
+from orchestrator.providers import features as kernel
+from orchestrator.spec.schema import Spec
+from orchestrator.testbed.base import (
     Bottleneck,
     Host,
     Interface,

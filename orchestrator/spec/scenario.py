@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from orchestrator import units
 from orchestrator.errors import SpecError
+from orchestrator.spec import units
 
 if TYPE_CHECKING:
-    from orchestrator.spec import Spec
+    from orchestrator.spec.schema import Spec
 
 FLOW_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,23}$")
 ECN = Literal["not-ect", "ect0", "ect1", "ce"]
@@ -158,7 +158,7 @@ def _check_name(value: Any) -> None:
 
 
 def _check_buffer(value: Any) -> None:
-    from orchestrator.spec import _parse_buffer
+    from orchestrator.spec.schema import _parse_buffer
 
     _parse_buffer(value, 1e6, 0.02)
 

@@ -13,10 +13,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from orchestrator import units
 from orchestrator.errors import SpecError
-from orchestrator.names import HOST_NAME, TESTBED_NAME
-from orchestrator.scenario import Scenario
+from orchestrator.spec import units
+from orchestrator.spec.names import HOST_NAME, TESTBED_NAME
+from orchestrator.spec.scenario import Scenario
 
 # Names reach the kernel (namespace and interface names), so they are restricted to a safe,
 # short alphabet: interface names are at most 15 bytes.

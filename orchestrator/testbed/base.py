@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UserError
-from orchestrator.names import is_testbed_name, testbed_name
+from orchestrator.spec.names import is_testbed_name, testbed_name
 
 STATE_ROOT = Path(os.environ.get("TESTBED_STATE_DIR", "/run/testbed"))
 
@@ -271,7 +271,7 @@ class Testbed:
         self.run(host, ["sysctl", "-q", "-w", f"{key}={value}"])
 
     def spec(self) -> Any:
-        from orchestrator.spec import Spec
+        from orchestrator.spec.schema import Spec
 
         return Spec.model_validate(self.spec_data)
 

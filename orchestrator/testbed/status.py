@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from orchestrator.testbed import Testbed
+from orchestrator.testbed.base import Testbed
 
 
 def describe(tb: Testbed) -> dict[str, Any]:

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator import units
 from orchestrator.errors import UserError
-from orchestrator.testbed import Testbed
+from orchestrator.spec import units
+from orchestrator.testbed.base import Testbed
 from orchestrator.workloads import tcpinfo
 from orchestrator.workloads.ccroute import MARK_OWN_CC
 from orchestrator.workloads.ect1 import MARK_ECT1

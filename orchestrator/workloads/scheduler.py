@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UserError
-from orchestrator.scenario import FlowSpec, Scenario
-from orchestrator.testbed import Testbed
+from orchestrator.spec.scenario import FlowSpec, Scenario
+from orchestrator.testbed.base import Testbed
 from orchestrator.workloads import plan as planmod
 from orchestrator.workloads.kernelstate import KernelState
 from orchestrator.workloads.runners import Runner, runner_for

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.errors import UserError
-from orchestrator.testbed import Bottleneck, Host
+from orchestrator.testbed.base import Bottleneck, Host
 
 RULE_SET = 7  # every rule of the testbed is in this ipfw set
 RULE_DIVERT = 10050
@@ -53,7 +53,7 @@ AQM_PARAMS: dict[str, dict[str, Any]] = {
     "pie": _PIE,
     "fq_codel": {"target": "time", "interval": "time", "ecn": _ECN, **_FQ},
     "fq_pie": {**_PIE, **_FQ},
-    "divert": {},  # the project's policies: see orchestrator/divert.py
+    "divert": {},  # the project's policies: see orchestrator/bottleneck/divert.py
 }
 
 # Linux congestion control names -> FreeBSD's (mod_cc(4)); newreno is the kernel's own.

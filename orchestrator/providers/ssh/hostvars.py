@@ -2,8 +2,8 @@
 
 Every command a role runs comes from here as an argument list, so the roles stay thin loops
 and the commands are the same ones the local provider runs: the Linux shaper and netem lines
-are recorded from orchestrator/link.py itself, and the FreeBSD lines come from
-orchestrator/freebsd.py. The roles add what only the host can know (was this address already
+are recorded from orchestrator/bottleneck/shaping.py itself, and the FreeBSD lines come from
+orchestrator/providers/ssh/freebsd.py. The roles add what only the host can know (was this address already
 there? what was this sysctl before?) and record it, so teardown restores exactly that.
 """
 
@@ -14,9 +14,10 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
-from orchestrator import freebsd, link
+from orchestrator.bottleneck import shaping as link
 from orchestrator.errors import UserError
-from orchestrator.testbed import Testbed
+from orchestrator.providers.ssh import freebsd
+from orchestrator.testbed.base import Testbed
 
 PROBED_QDISCS = ["netem"]
 DELAYLINE_READY = "delayline ready"
@@ -66,7 +67,7 @@ def _os(tb: Testbed, host: str) -> str:
 
 
 def host_vars(tb: Testbed, kernel: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    from orchestrator.providers.ssh import project_dir, project_python, remote_dir, settings_of
+    from orchestrator.providers.ssh.transport import project_dir, project_python, remote_dir, settings_of
 
     spec = tb.spec()
     s = settings_of(spec)
@@ -90,8 +91,8 @@ def host_vars(tb: Testbed, kernel: dict[str, dict[str, Any]]) -> dict[str, dict[
             "install_packages": s.install_packages,
             "project": {"dir": project_dir(s), "python": project_python(s),
                         "install": s.install_project, "needed": False,
-                        "imports": ["orchestrator.delayline", "netfilterqueue"] if os_ == "linux"
-                        else ["orchestrator.divert"]},
+                        "imports": ["orchestrator.bottleneck.delayline", "netfilterqueue"] if os_ == "linux"
+                        else ["orchestrator.bottleneck.divert"]},
             "router": None,
         }
         if os_ == "linux" and hs.tcp.cc not in kernel[name].get("ccs", []):
@@ -272,12 +273,12 @@ def _delay_line(tb: Testbed) -> dict[str, Any] | None:
     return {"config": config, "ready": DELAYLINE_READY,
             "add": [["iptables", "-t", "mangle", "-A", *r] for r in rules],
             "del": [["iptables", "-t", "mangle", "-D", *r] for r in rules],
-            "argv": ["-m", "orchestrator.delayline"]}
+            "argv": ["-m", "orchestrator.bottleneck.delayline"]}
 
 
 def _divert(tb: Testbed, args: dict[str, Any]) -> dict[str, Any]:
-    """The divert(4) datapath's config (orchestrator/divert.py): the whole link in userspace."""
-    from orchestrator.providers.ssh import remote_dir, settings_of
+    """The divert(4) datapath's config (orchestrator/bottleneck/divert.py): the whole link in userspace."""
+    from orchestrator.providers.ssh.transport import remote_dir, settings_of
 
     bn = tb.bottleneck
     policy = str(args.pop("policy", "dualpi2"))
@@ -286,4 +287,4 @@ def _divert(tb: Testbed, args: dict[str, Any]) -> dict[str, Any]:
                        "rate_bps": bn.rate_bps, "buffer_pkts": bn.buffer_pkts,
                        "buffer_bytes": bn.buffer_bytes, "buffer_in": bn.buffer_in,
                        "telemetry_dir": tel, "counters_path": f"{tel}/divert-counters.json"},
-            "argv": ["-m", "orchestrator.divert"], "ready": "divert ready"}
+            "argv": ["-m", "orchestrator.bottleneck.divert"], "ready": "divert ready"}

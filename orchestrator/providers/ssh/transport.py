@@ -34,8 +34,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from orchestrator.errors import UserError
-from orchestrator.spec import Spec, SshSettings
-from orchestrator.testbed import (
+from orchestrator.spec.schema import Spec, SshSettings
+from orchestrator.testbed.base import (
     Bottleneck,
     Host,
     Interface,
@@ -46,7 +46,7 @@ from orchestrator.testbed import (
     state_dir_of,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SERVER_ALIVE = ("-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=3")  # lost host: ~6 s
 
 # The remote side of popen. Runs the command in the background, writes its pid, and stops it
@@ -507,7 +507,7 @@ def plan(spec: Spec) -> tuple[dict[str, Host], Bottleneck]:
 
 def probe(tb: SshTestbed) -> dict[str, dict[str, Any]]:
     """What each host's kernel offers: congestion controls; on a Linux router, which qdiscs."""
-    from orchestrator import hostvars
+    from orchestrator.providers.ssh import hostvars
 
     def one(name: str) -> dict[str, Any]:
         ep = tb.endpoint(name)
@@ -548,7 +548,7 @@ def _has_qdisc(tb: SshTestbed, host: str, kind: str) -> bool:
 
 def up(spec: Spec) -> SshTestbed:
     """Check the hosts, probe them, run the playbooks. On failure the hosts are cleaned."""
-    from orchestrator import ansible, hostvars
+    from orchestrator.providers.ssh import ansible, hostvars
 
     if (state_dir_of(spec.name) / "state.json").exists():
         raise UserError(f"a testbed named {spec.name!r} is already up; run `testbed down {spec.name}` first")
@@ -613,8 +613,8 @@ def _replay_cleanups(tb: SshTestbed, removed: list[str]) -> None:
 def down(name: str) -> list[str]:
     """Run the teardown playbook on every host and forget the testbed. A host that cannot be
     reached is reported (the others are cleaned) and the state is kept for another try."""
-    from orchestrator import ansible
-    from orchestrator.testbed import load
+    from orchestrator.providers.ssh import ansible
+    from orchestrator.testbed.base import load
 
     if not (state_dir_of(name) / "state.json").exists():
         return []

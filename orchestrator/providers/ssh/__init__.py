@@ -1,0 +1,1 @@
+"""The ssh provider: existing machines reached over SSH and configured with Ansible."""
