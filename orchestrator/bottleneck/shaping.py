@@ -15,6 +15,7 @@ import json
 import shlex
 import subprocess
 
+from orchestrator.spec import units
 from orchestrator.testbed.base import Testbed
 
 DELAY_QUEUE_FORWARD = 0
@@ -155,8 +156,6 @@ def _delete_delay_rules(tb: Testbed) -> None:
 def reconfigure(tb: Testbed, rate_bps: float | None = None, rtt_s: float | None = None,
                 buffer: str | int | None = None) -> None:
     """Change the bottleneck's rate, base RTT or buffer in place (for sweeps)."""
-    from orchestrator.spec.schema import _parse_buffer
-
     bn = tb.bottleneck
     if bn.delay_mode == "dummynet":
         from orchestrator.errors import UserError
@@ -171,7 +170,7 @@ def reconfigure(tb: Testbed, rate_bps: float | None = None, rtt_s: float | None 
     if buffer is not None or rate_bps is not None or rtt_s is not None:
         spec_buffer = buffer if buffer is not None else tb.extra.get("buffer_spec", "1.5bdp")
         tb.extra["buffer_spec"] = spec_buffer
-        bn.buffer_pkts, bn.buffer_bytes = _parse_buffer(spec_buffer, bn.rate_bps, bn.rtt_s)
+        bn.buffer_pkts, bn.buffer_bytes = units.buffer_size(spec_buffer, bn.rate_bps, bn.rtt_s)
         bn.buffer_in = "packets" if isinstance(spec_buffer, int) or str(spec_buffer).strip().lower() \
             .endswith(("p", "pkts", "packets")) else "bytes"
     tb.save()

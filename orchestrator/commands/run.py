@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
-from orchestrator.errors import SpecError, UserError
+from orchestrator.errors import UserError
 from orchestrator.experiment import results
+from orchestrator.spec import scenario as scenario_mod
 
 
 def parse_policy_args(items: tuple[str, ...]) -> dict[str, str]:
@@ -24,36 +24,13 @@ def parse_policy_args(items: tuple[str, ...]) -> dict[str, str]:
 
 
 def load_scenario(path: str | None, tb: Any) -> Any:
-    """The scenario from FILE (a file with a `scenario:` key, or the scenario itself), else the
-    testbed file's own."""
-    from pydantic import ValidationError
-
-    from orchestrator.spec.scenario import Scenario
-    from orchestrator.spec.schema import _message, key_path
-
+    """The scenario from FILE, else the testbed file's own."""
     spec = tb.spec()
     if path is None:
         if spec.scenario is None:
             raise UserError(f"testbed {tb.name!r} has no scenario; give one with --scenario FILE")
         return spec.scenario
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(path, "", f"cannot read the file: {e}") from None
-    except yaml.YAMLError as e:
-        raise SpecError(path, "", f"not valid YAML: {e}") from None
-    prefix = ""
-    if isinstance(data, dict) and "scenario" in data:
-        data, prefix = data["scenario"], "scenario."
-    if not isinstance(data, dict):
-        raise SpecError(path, prefix.rstrip("."), "expected a mapping with 'flows'")
-    try:
-        scenario = Scenario.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise SpecError(path, prefix + key_path(err["loc"]), _message(err)) from None
-    scenario.check(spec, path, prefix)
-    return scenario
+    return scenario_mod.load(path, spec)
 
 
 @click.command()

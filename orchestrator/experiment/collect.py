@@ -15,14 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.bottleneck import shaping as link
 from orchestrator.errors import SpecError, UserError
 from orchestrator.experiment import results
 from orchestrator.experiment.run import Run, RunConfig
 from orchestrator.spec import units
+from orchestrator.spec.load import load_model
 from orchestrator.spec.scenario import FlowSpec, Scenario
 from orchestrator.testbed.base import Testbed
 
@@ -53,17 +53,7 @@ class Matrix(BaseModel):
 
 
 def load_matrix(path: str | Path) -> Matrix:
-    from orchestrator.spec.schema import _message, key_path
-
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise SpecError(str(path), "", f"cannot read the matrix: {e}") from None
-    try:
-        matrix = Matrix.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise SpecError(str(path), key_path(err["loc"]), _message(err)) from None
+    matrix = load_model(path, Matrix, what="a matrix (a mapping)")
     for i, rate in enumerate(matrix.rate):
         _check(path, f"rate[{i}]", units.rate_bps, rate)
     for i, rtt in enumerate(matrix.rtt):

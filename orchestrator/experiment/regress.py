@@ -33,11 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.errors import SpecError, UserError
 from orchestrator.spec import units
+from orchestrator.spec.load import load_model, read_yaml, validate
 
 FAILING = ("DRIFT", "missing", "failed")
 FLOW_PATH = re.compile(r"^flows\[([a-z0-9_-]+)\]\.(.+)$")
@@ -96,22 +96,8 @@ class Suite(BaseModel):
 
 
 def load_suite(path: str | Path) -> Suite:
-    from orchestrator.spec.schema import _message, key_path
-
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise SpecError(str(path), "", f"cannot read the file: {e}") from None
-    except yaml.YAMLError as e:
-        raise SpecError(str(path), "", f"not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise SpecError(str(path), "", "expected a mapping with keys name, metrics, cases")
-    try:
-        suite = Suite.model_validate({**data, "source": str(path)})
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise SpecError(str(path), key_path(err["loc"]), _message(err)) from None
+    suite = load_model(path, Suite, source_key="source",
+                       what="a mapping with keys name, metrics, cases")
     _check(suite)
     return suite
 
@@ -256,7 +242,6 @@ def load_scenario(case: Case, suite: Suite, tb: Any) -> Any:
     """The case's scenario (a file with `scenario:`, a scenario file, or inline), checked
     against the testbed that is up."""
     from orchestrator.spec.scenario import Scenario
-    from orchestrator.spec.schema import _message, key_path
 
     source, data = f"{suite.source}: cases[{case.name}].scenario", case.scenario
     if isinstance(data, str):
@@ -264,17 +249,10 @@ def load_scenario(case: Case, suite: Suite, tb: Any) -> Any:
         if not path.exists():
             path = Path(data)
         source = str(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as e:
-            raise SpecError(str(path), "", f"cannot read the scenario: {e}") from None
+        data = read_yaml(path)
     if isinstance(data, dict) and "scenario" in data:
         data = data["scenario"]
-    try:
-        scenario = Scenario.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise SpecError(source, key_path(err["loc"]), _message(err)) from None
+    scenario = validate(Scenario, data, source)
     scenario.check(tb.spec(), source, "")
     return scenario
 

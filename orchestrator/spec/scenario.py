@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from orchestrator.errors import SpecError
 from orchestrator.spec import units
+from orchestrator.spec.load import read_yaml, validate
 
 if TYPE_CHECKING:
     from orchestrator.spec.schema import Spec
@@ -158,9 +159,7 @@ def _check_name(value: Any) -> None:
 
 
 def _check_buffer(value: Any) -> None:
-    from orchestrator.spec.schema import _parse_buffer
-
-    _parse_buffer(value, 1e6, 0.02)
+    units.buffer_size(value, 1e6, 0.02)
 
 
 def _check_positive(parse: Any) -> Any:
@@ -172,3 +171,16 @@ def _check_positive(parse: Any) -> Any:
 
 SWEEP_CHECKS = {"policy": _check_name, "datapath": _check_name, "buffer": _check_buffer,
                 "rate": _check_positive(units.rate_bps), "rtt": _check_positive(units.seconds)}
+
+
+def load(path: str, spec: Spec) -> Scenario:
+    """The scenario from FILE (a file with a `scenario:` key, or the scenario itself), checked
+    against the testbed's spec."""
+    data, prefix = read_yaml(path), ""
+    if isinstance(data, dict) and "scenario" in data:
+        data, prefix = data["scenario"], "scenario."
+    if not isinstance(data, dict):
+        raise SpecError(path, prefix.rstrip("."), "expected a mapping with 'flows'")
+    scenario = validate(Scenario, data, path, prefix)
+    scenario.check(spec, path, prefix)
+    return scenario

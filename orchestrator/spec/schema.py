@@ -8,32 +8,23 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from orchestrator.errors import SpecError
 from orchestrator.spec import units
+from orchestrator.spec.load import load_model, parse_yaml, validate
 from orchestrator.spec.names import HOST_NAME, TESTBED_NAME
 from orchestrator.spec.scenario import Scenario
+from orchestrator.spec.ssh import SshHost, SshSettings, Strict
 
 # Names reach the kernel (namespace and interface names), so they are restricted to a safe,
 # short alphabet: interface names are at most 15 bytes.
 CC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
-# Values that reach an ssh or ansible command line: no leading '-' (option injection), no
-# whitespace, quotes or '%' (ssh expands %-tokens and splits some option values on spaces).
-SSH_ADDRESS = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,252}$")
-SSH_USER = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
-IFACE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,14}$")
-SAFE_PATH = re.compile(r"^[^\s'\"%\\]+$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TcpSettings(_Strict):
+class TcpSettings(Strict):
     cc: str = Field("cubic", description="congestion control for this host's sockets")
     ecn: Literal[0, 1, 2] = Field(2, description="net.ipv4.tcp_ecn: 0 off, 1 request, 2 accept")
 
@@ -45,119 +36,7 @@ class TcpSettings(_Strict):
         return v
 
 
-def _safe_path(v: str | None) -> str | None:
-    if v is not None and (not SAFE_PATH.fullmatch(v) or v.startswith("-")):
-        raise ValueError(f"expected a path without spaces, quotes or '%', got {v!r}")
-    return v
-
-
-class SshHost(_Strict):
-    """An existing machine (provider: ssh): how to reach it and which interfaces to use."""
-
-    address: str = Field(description="IP address or DNS name the controller reaches it at")
-    user: str | None = None  # default: ssh.user
-    port: int | None = None  # default: ssh.port
-    key_file: str | None = None  # a path; default: ssh.key_file, else ssh-agent
-    os: Literal["linux", "freebsd"] = "linux"
-    # peer host name -> the interface on this host that links to it
-    interfaces: dict[str, str] = {}
-    python: str | None = None  # the interpreter Ansible uses there (default: discovered)
-    # routers only: the bottleneck's queue discipline set up at `up` (see playbooks/README.md)
-    aqm: str | None = None
-    aqm_args: dict[str, str | int | float | bool] = {}
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: str) -> str:
-        if not SSH_ADDRESS.fullmatch(v):
-            raise ValueError(f"expected an IP address or host name, got {v!r}")
-        return v
-
-    @field_validator("user")
-    @classmethod
-    def _user(cls, v: str | None) -> str | None:
-        if v is not None and not SSH_USER.fullmatch(v):
-            raise ValueError(f"expected a user name like 'root', got {v!r}")
-        return v
-
-    @field_validator("port")
-    @classmethod
-    def _port(cls, v: int | None) -> int | None:
-        if v is not None and not 1 <= v <= 65535:
-            raise ValueError(f"expected a port between 1 and 65535, got {v}")
-        return v
-
-    @field_validator("key_file", "python")
-    @classmethod
-    def _path(cls, v: str | None) -> str | None:
-        return _safe_path(v)
-
-    @field_validator("interfaces")
-    @classmethod
-    def _interfaces(cls, v: dict[str, str]) -> dict[str, str]:
-        for peer, name in v.items():
-            if not IFACE_NAME.fullmatch(name):
-                raise ValueError(f"expected an interface name like 'eth1' for {peer!r}, got {name!r}")
-        return v
-
-    @field_validator("aqm")
-    @classmethod
-    def _aqm(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[a-z][a-z0-9_]{0,15}", v):
-            raise ValueError(f"expected a queue discipline name like 'fq_codel', got {v!r}")
-        return v
-
-
-class SshSettings(_Strict):
-    """Settings shared by every host of an ssh testbed (top-level `ssh:`)."""
-
-    user: str = "root"
-    port: int = 22
-    key_file: str | None = None  # a path to a private key; never the key itself
-    known_hosts: str = "~/.ssh/known_hosts"
-    # Host keys are verified against known_hosts. Only for throwaway labs: accept any key.
-    insecure_ignore_host_keys: bool = False
-    connect_timeout: str = "5s"
-    remote_dir: str = "/var/tmp/l4s-testbed"  # where hosts keep state, pids and outputs
-    # The project on the hosts (routers run its delay line and datapaths). Default: the same
-    # path and interpreter as on the controller.
-    project_dir: str | None = None
-    project_python: str | None = None
-    install_project: bool = False  # copy this checkout to project_dir and make a venv there
-    install_packages: bool = False  # install missing iperf3/tcpdump/ethtool with the OS's tool
-
-    @field_validator("user")
-    @classmethod
-    def _user(cls, v: str) -> str:
-        if not SSH_USER.fullmatch(v):
-            raise ValueError(f"expected a user name like 'root', got {v!r}")
-        return v
-
-    @field_validator("port")
-    @classmethod
-    def _port(cls, v: int) -> int:
-        if not 1 <= v <= 65535:
-            raise ValueError(f"expected a port between 1 and 65535, got {v}")
-        return v
-
-    @field_validator("key_file", "known_hosts", "remote_dir", "project_dir", "project_python")
-    @classmethod
-    def _path(cls, v: str | None) -> str | None:
-        return _safe_path(v)
-
-    @field_validator("connect_timeout")
-    @classmethod
-    def _timeout(cls, v: str) -> str:
-        if units.seconds(v) <= 0:
-            raise ValueError(f"expected a positive time like '5s', got {v!r}")
-        return v
-
-    @property
-    def connect_timeout_s(self) -> float:
-        return units.seconds(self.connect_timeout)
-
-
-class HostSpec(_Strict):
+class HostSpec(Strict):
     name: str
     role: Literal["sender", "router", "receiver"]
     tcp: TcpSettings = TcpSettings()
@@ -173,7 +52,7 @@ class HostSpec(_Strict):
         return v
 
 
-class DelaySpec(_Strict):
+class DelaySpec(Strict):
     forward: str = "0ms"  # sender -> receiver, before the bottleneck queue
     reverse: str = "0ms"  # receiver -> sender (the ACK path)
 
@@ -185,7 +64,7 @@ class DelaySpec(_Strict):
         return v
 
 
-class BottleneckSpec(_Strict):
+class BottleneckSpec(Strict):
     rate: str
     rtt: str | None = None
     delay: DelaySpec | None = None
@@ -209,7 +88,7 @@ class BottleneckSpec(_Strict):
     @field_validator("buffer")
     @classmethod
     def _buffer(cls, v: str | int) -> str | int:
-        _parse_buffer(v, 1e6, 0.02)
+        units.buffer_size(v, 1e6, 0.02)
         return v
 
     @property
@@ -235,41 +114,13 @@ class BottleneckSpec(_Strict):
         return self.forward_s + self.reverse_s
 
     def buffer_bytes(self, mtu: int = 1500) -> int:
-        return _parse_buffer(self.buffer, self.rate_bps, self.rtt_s, mtu)[1]
+        return units.buffer_size(self.buffer, self.rate_bps, self.rtt_s, mtu)[1]
 
     def buffer_pkts(self, mtu: int = 1500) -> int:
-        return _parse_buffer(self.buffer, self.rate_bps, self.rtt_s, mtu)[0]
+        return units.buffer_size(self.buffer, self.rate_bps, self.rtt_s, mtu)[0]
 
 
-def _parse_buffer(v: str | int, rate_bps: float, rtt_s: float, mtu: int = 1500) -> tuple[int, int]:
-    """-> (packets, bytes). Accepts 1000 (packets), '1000p', '300kb', '1.5bdp'."""
-    if isinstance(v, bool):
-        raise ValueError(f"expected a buffer like 1000, '300kb' or '1.5bdp', got {v!r}")
-    if isinstance(v, int):
-        if v <= 0:
-            raise ValueError(f"expected a positive number of packets, got {v}")
-        return v, v * mtu
-    text = v.strip().lower()
-    m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*(bdp|p|pkts|packets)", text)
-    if m:
-        n = float(m.group(1))
-        if n <= 0:
-            raise ValueError(f"expected a positive buffer, got {v!r}")
-        if m.group(2) == "bdp":
-            nbytes = max(int(n * rate_bps * rtt_s / 8), 2 * mtu)
-            return max(nbytes // mtu, 2), nbytes
-        return int(n), int(n) * mtu
-    try:
-        nbytes = int(units.size_bytes(text))
-    except ValueError:
-        raise ValueError(f"expected a buffer like 1000, '1000p', '300kb' or '1.5bdp', "
-                         f"got {v!r}") from None
-    if nbytes <= 0:
-        raise ValueError(f"expected a positive buffer, got {v!r}")
-    return max(nbytes // mtu, 1), nbytes
-
-
-class LinkSpec(_Strict):
+class LinkSpec(Strict):
     a: str
     b: str
     a_addr: str | None = None  # CIDR, e.g. 10.0.1.1/24; assigned automatically when absent
@@ -302,7 +153,7 @@ class LinkSpec(_Strict):
         return units.seconds(self.delay)
 
 
-class Spec(_Strict):
+class Spec(Strict):
     name: str
     hosts: list[HostSpec]
     links: list[LinkSpec]
@@ -339,51 +190,20 @@ class Spec(_Strict):
 
 def load(path: str | Path) -> Spec:
     """Read and validate a testbed file. Raises SpecError for anything wrong with it."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError(str(path), "", "file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(str(path), "", f"cannot read the file: {e}") from None
-    return parse(text, str(path))
+    return _checked(load_model(path, Spec, source_key="source",
+                               what="a mapping with keys name, hosts, links"))
 
 
 def parse(text: str, source: str = "<string>") -> Spec:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else ""
-        raise SpecError(source, where, f"not valid YAML: {getattr(e, 'problem', e)}") from None
+    data = parse_yaml(text, source)
     if not isinstance(data, dict):
         raise SpecError(source, "", "expected a mapping with keys name, hosts, links")
-    try:
-        spec = Spec.model_validate({**data, "source": source})
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise SpecError(source, key_path(err["loc"]), _message(err)) from None
+    return _checked(validate(Spec, {**data, "source": source}, source))
+
+
+def _checked(spec: Spec) -> Spec:
     check(spec)
     return spec
-
-
-def key_path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif not str(part).startswith(("function-", "literal[", "str", "int")):
-            out += ("." if out else "") + str(part)
-    return out
-
-
-def _message(err: dict[str, Any]) -> str:
-    if err["type"] == "missing":
-        return "required key is missing"
-    if err["type"] == "extra_forbidden":
-        return "unknown key"
-    msg = err["msg"]
-    return msg.removeprefix("Value error, ")
 
 
 def check(spec: Spec) -> None:

@@ -44,3 +44,31 @@ def fmt_rate(bps: float) -> str:
         if bps >= scale:
             return f"{bps / scale:g}{unit}"
     return f"{bps:g}bit"
+
+
+def buffer_size(v: str | int, rate_bps: float, rtt_s: float, mtu: int = 1500) -> tuple[int, int]:
+    """-> (packets, bytes). Accepts 1000 (packets), '1000p', '300kb', '1.5bdp'."""
+    if isinstance(v, bool):
+        raise ValueError(f"expected a buffer like 1000, '300kb' or '1.5bdp', got {v!r}")
+    if isinstance(v, int):
+        if v <= 0:
+            raise ValueError(f"expected a positive number of packets, got {v}")
+        return v, v * mtu
+    text = v.strip().lower()
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*(bdp|p|pkts|packets)", text)
+    if m:
+        n = float(m.group(1))
+        if n <= 0:
+            raise ValueError(f"expected a positive buffer, got {v!r}")
+        if m.group(2) == "bdp":
+            nbytes = max(int(n * rate_bps * rtt_s / 8), 2 * mtu)
+            return max(nbytes // mtu, 2), nbytes
+        return int(n), int(n) * mtu
+    try:
+        nbytes = int(size_bytes(text))
+    except ValueError:
+        raise ValueError(f"expected a buffer like 1000, '1000p', '300kb' or '1.5bdp', "
+                         f"got {v!r}") from None
+    if nbytes <= 0:
+        raise ValueError(f"expected a positive buffer, got {v!r}")
+    return max(nbytes // mtu, 1), nbytes
