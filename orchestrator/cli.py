@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from orchestrator.errors import UserError
+from orchestrator.errors import POLICY_ERRORS, UserError
 from orchestrator.spec.names import is_testbed_name, testbed_name
 from orchestrator.testbed import base as tbmod
 
@@ -147,7 +147,7 @@ _register_optional()
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
-    except UserError as e:
+    except (UserError, *POLICY_ERRORS) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:

@@ -35,7 +35,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from orchestrator.errors import SpecError, UserError
+from orchestrator.errors import POLICY_ERRORS, SpecError, UserError
 from orchestrator.spec import units
 from orchestrator.spec.load import load_model, read_yaml, validate
 
@@ -279,7 +279,7 @@ def run_suite(tb: Any, suite: Suite, out_dir: Path,
                 run_dir = run.execute(progress)
                 summary = _summary(run_dir)
                 status = summary.get("status", "aborted") if summary else "no summary"
-            except (UserError, OSError, RuntimeError) as e:
+            except (UserError, *POLICY_ERRORS, OSError, RuntimeError) as e:
                 run_dir, summary = run.dir, {}
                 status = f"failed: {e}"
             values = {m: metric(summary, m) for m in suite.tolerances(case)}

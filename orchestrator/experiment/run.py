@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import UserError
+from orchestrator.errors import UserError, policy_errors
 from orchestrator.experiment import results
 from orchestrator.spec import units
 from orchestrator.spec.scenario import Scenario
@@ -70,7 +70,8 @@ class Run:
         self.scenario = with_duration(scenario, config.duration_s)
         if not self.scenario.flows:
             raise UserError("the scenario has no flows that start within the run's duration")
-        self.policy = policies.make(config.policy, config.policy_args)
+        with policy_errors():
+            self.policy = policies.make(config.policy, config.policy_args)
         if config.explore:
             from policies.explore import Explore
 
