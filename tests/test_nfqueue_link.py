@@ -17,6 +17,7 @@ from scapy.utils import checksum
 
 import policies
 from orchestrator.bottleneck import nfqueue_link as nl
+from orchestrator.bottleneck.nfqueue_daemon import LinkDaemon
 from orchestrator.bottleneck.packetlog import PacketLog
 from policies.base import Action, ClassDecision, Decision, QueueConfig
 from policies.telemetry import read
@@ -353,7 +354,7 @@ def test_link_process_rebuilds_the_policy_it_was_given(tmp_path):
                      spread=3.0, hold=2, seed=7)
     config = json.loads(json.dumps(dp.config(policy)))
     assert config["kernel_timestamps"] is True and config["seed"] == 7
-    proc = nl.Process(config)
+    proc = LinkDaemon(config)
     try:
         built = proc.policy
         assert isinstance(built, Explore) and (built.epsilon, built.spread, built.hold) == (0.5, 3.0, 2)

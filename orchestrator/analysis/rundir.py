@@ -35,7 +35,7 @@ def flow_class(flow: dict[str, Any]) -> str:
     return "l4s" if flow.get("kind") == "l4s" or flow.get("ecn") in L4S_ECN else "classic"
 
 
-class Run:
+class RunDir:
     """One `results/<run-id>/` directory."""
 
     def __init__(self, path: str | Path) -> None:

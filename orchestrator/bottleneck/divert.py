@@ -28,7 +28,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from orchestrator.bottleneck.nfqueue_link import Process
+from orchestrator.bottleneck.nfqueue_daemon import LinkDaemon
 
 IPPROTO_DIVERT = 258  # socket(AF_INET, SOCK_RAW, IPPROTO_DIVERT), still accepted by FreeBSD 14
 BATCH = 256  # packets read per wake-up
@@ -69,7 +69,7 @@ def open_divert(port: int) -> socket.socket:
     return sock
 
 
-class DivertProcess(Process):
+class DivertProcess(LinkDaemon):
     """nfqueue_link's process, reading a divert socket instead of an NFQUEUE."""
 
     def __init__(self, config: dict[str, Any], sock: socket.socket | None = None) -> None:

@@ -1,7 +1,7 @@
 """The `nfqueue` datapath: the whole bottleneck link in a userspace process, so any policy
 runs per packet (CoDel's dequeue hook included).
 
-start() launches the link process (nfqueue_link.py) in the router's namespace, takes the
+start() launches the link process (nfqueue_daemon.py) in the router's namespace, takes the
 baseline HTB shaper off the bottleneck egress (the process emulates the rate itself) and sends
 the forward traffic to it with iptables rules in the filter table's FORWARD chain. The base
 delay stays with the testbed's delay line: its rules live in the mangle table, which runs
@@ -59,7 +59,7 @@ class NfqueueDatapath(Datapath):
         tb.put(bn.router, config_path, json.dumps(config, indent=1, default=str))
         tb.run(bn.router, ["rm", "-f", config["counters_path"]])  # never report an earlier run's
         self.log_path = tel / "nfqueue-link.log"  # its stdout: on this machine for every provider
-        argv = [tb.python(bn.router), "-m", "orchestrator.bottleneck.nfqueue_link", "--config", config_path]
+        argv = [tb.python(bn.router), "-m", "orchestrator.bottleneck.nfqueue_daemon", "--config", config_path]
         with open(self.log_path, "wb") as out:
             self.proc = tb.popen(bn.router, argv, tag="nfqueue-link", stdout=out, stderr=subprocess.STDOUT,
                                  cwd=REPO)

@@ -19,7 +19,6 @@ from typing import Any
 
 from orchestrator.errors import UserError, policy_errors
 from orchestrator.experiment import results
-from orchestrator.spec import units
 from orchestrator.spec.scenario import Scenario
 from orchestrator.testbed.base import Testbed
 
@@ -137,7 +136,7 @@ class Run:
                 status, started=started, ended=time.time(), datapath_counters=counters,
                 abort_reason=reason or None))
             progress("analysing", -1)
-            analyse(self.dir)
+            analyze_quietly(self.dir)
         return self.dir
 
 
@@ -162,18 +161,13 @@ def _interrupt_on_sigterm() -> Callable[[], None]:
     return lambda: signal.signal(signal.SIGTERM, old)
 
 
-def analyse(run_dir: Path) -> dict[str, Any] | None:
+def analyze_quietly(run_dir: Path) -> dict[str, Any] | None:
     """Summary, tables, plots and report of a run; never fails the run itself."""
+    from orchestrator.analysis import analyze
+
     try:
-        from orchestrator.analysis import analyze_run
-    except ImportError:
-        return None
-    try:
-        return analyze_run(run_dir)
+        return analyze(run_dir)
     except Exception as e:  # noqa: BLE001 - a broken analysis must not lose the run
         (run_dir / "analysis-error.txt").write_text(f"{type(e).__name__}: {e}\n")
         return None
 
-
-def rate_label(bps: float) -> str:
-    return units.fmt_rate(bps)
