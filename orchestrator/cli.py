@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import sys
 
 import click
 
+from orchestrator import providers
 from orchestrator.errors import POLICY_ERRORS, UserError
-from orchestrator.spec.names import is_testbed_name, testbed_name
-from orchestrator.testbed import base as tbmod
+from orchestrator.spec.names import testbed_name
+from orchestrator.testbed import state
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,12 +23,9 @@ def cli() -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 def up(file: str) -> None:
     """Build the testbed described by FILE (YAML)."""
-    from orchestrator.providers import netns
-    from orchestrator.providers.ssh import transport as ssh
-    from orchestrator.spec import schema as specmod
+    from orchestrator.spec import schema
 
-    spec = specmod.load(file)
-    tb = ssh.up(spec) if spec.provider == "ssh" else netns.up(spec)
+    tb = providers.up(schema.load(file))
     bn = tb.bottleneck
     click.echo(f"testbed {tb.name!r} is up: {len(tb.hosts)} hosts, bottleneck {bn.router}:{bn.egress} "
                f"{bn.rate_bps / 1e6:g} Mbit/s, base RTT {bn.rtt_s * 1e3:g} ms, "
@@ -40,60 +37,19 @@ def up(file: str) -> None:
 @click.option("--all", "all_", is_flag=True, help="Tear down every testbed of this tool.")
 def down(name: str | None, all_: bool) -> None:
     """Tear down testbed NAME (or the only one up). Safe to repeat."""
-
     if all_:
-        names = sorted(set(tbmod.names_up()) | _leftover_names())
+        names = sorted(set(state.names_up()) | providers.leftover_names())
     elif name is not None:
         names = [testbed_name(name)]
     else:
-        names = tbmod.names_up() or sorted(_leftover_names())
+        names = state.names_up() or sorted(providers.leftover_names())
         if len(names) > 1:
             raise UserError(f"several testbeds are up ({', '.join(names)}); name one or use --all")
     if not names:
         click.echo("no testbed is up; nothing to do")
     for n in names:
-        removed = _down_one(n)
+        removed = providers.down(n)
         click.echo(f"testbed {n!r} is down ({len(removed)} objects removed)")
-
-
-def _down_one(name: str) -> list[str]:
-    from orchestrator.providers import netns
-    from orchestrator.providers.ssh import transport as ssh
-
-    try:
-        tb = tbmod.load(name)
-    except (UserError, ValueError, KeyError, TypeError):
-        tb = None
-    if tb is not None:
-        for cls in _datapath_classes():
-            try:
-                cls.clean(tb)
-            except Exception as e:  # noqa: BLE001 - down must go on whatever a datapath says
-                click.echo(f"warning: {cls.name} cleanup: {e}", err=True)
-    if tb is not None and tb.provider == "ssh":
-        return ssh.down(name)
-    return netns.down(name)
-
-
-def _datapath_classes() -> list:
-    out = []
-    for mod, cls in (("ebpf", "EbpfDatapath"), ("nfqueue", "NfqueueDatapath"), ("kernel", "KernelDatapath")):
-        try:
-            out.append(getattr(importlib.import_module(f"orchestrator.bottleneck.{mod}"), cls))
-        except (ImportError, AttributeError):
-            pass
-    return out
-
-
-def _leftover_names() -> set[str]:
-    import subprocess
-
-    from orchestrator.providers.netns import NS_PREFIX
-
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    names = {line.split()[0][len(NS_PREFIX):].rsplit("-", 1)[0]
-             for line in out.splitlines() if line.startswith(NS_PREFIX)}
-    return {n for n in names if is_testbed_name(n)}
 
 
 @cli.command()
@@ -103,8 +59,8 @@ def status(name: str | None, as_json: bool) -> None:
     """Show the testbeds that are up: hosts, roles, addresses, links, processes."""
     from orchestrator.testbed.status import describe, render
 
-    names = [testbed_name(name)] if name is not None else tbmod.names_up()
-    info = [describe(tbmod.load(n)) for n in names]
+    names = [testbed_name(name)] if name is not None else state.names_up()
+    info = [describe(providers.load(n)) for n in names]
     if as_json:
         click.echo(json.dumps(info, indent=1))
     elif not info:
@@ -120,28 +76,23 @@ def status(name: str | None, as_json: bool) -> None:
 @click.option("--testbed", "name", help="Testbed name (default: the only one up).")
 def exec_(host: str, argv: tuple[str, ...], name: str | None) -> None:
     """Run a command on HOST:  testbed exec s1 -- ping -c 3 10.0.3.2"""
-    tb = tbmod.load(name)
+    tb = providers.load(name)
     full = tb.argv_on(host, list(argv))
     os.execvp(full[0], full)
 
 
-def _register_optional() -> None:
-    """Commands that live beside the library areas they drive."""
-    for mod in ("orchestrator.commands.run", "orchestrator.commands.analysis",
-                "orchestrator.commands.ml", "orchestrator.commands.policies",
-                "orchestrator.commands.bench", "orchestrator.commands.regress",
-                "orchestrator.commands.collect"):
-        try:
-            module = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name == mod:
-                continue
-            raise
-        for command in getattr(module, "COMMANDS", []):
+def _register() -> None:
+    """Commands that live beside the library areas they drive (commands/); each module lists
+    its commands in COMMANDS."""
+    from orchestrator.commands import analysis, collect, ml, regress, run
+    from orchestrator.commands import policies as policies_cmd
+
+    for module in (run, analysis, ml, policies_cmd, regress, collect):
+        for command in module.COMMANDS:
             cli.add_command(command)
 
 
-_register_optional()
+_register()
 
 
 def main() -> None:

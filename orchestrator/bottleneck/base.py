@@ -14,8 +14,9 @@ from policies.base import Policy
 class Datapath:
     name: ClassVar[str] = ""
 
-    def __init__(self, testbed: Testbed) -> None:
+    def __init__(self, testbed: Testbed, seed: int | None = None) -> None:
         self.testbed = testbed
+        self.seed = seed  # the run's: coin tosses, exploration noise
 
     def unsupported(self, policy: Policy) -> str | None:
         """Why this datapath cannot run the policy here, or None if it can."""

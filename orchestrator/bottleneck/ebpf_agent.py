@@ -274,11 +274,7 @@ def run(cfg: dict[str, Any]) -> None:
     import policies
 
     pin, out = Path(cfg["pin_dir"]), Path(cfg["out_dir"])
-    policy = policies.make(cfg["policy"], cfg.get("policy_args", {}))
-    if cfg.get("explore"):
-        from policies.explore import Explore
-
-        policy = Explore(policy, **cfg["explore"])
+    policy = policies.from_config(cfg)
     maps = Maps(pin)
     reader = StateReader(maps, cfg["link_rate_bps"])
     log = RecordLog(open_ring(pin), out / "packets", packet_meta(cfg))

@@ -40,8 +40,8 @@ POLL_S = 0.1
 class KernelDatapath(Datapath):
     name = "kernel"
 
-    def __init__(self, testbed: Testbed) -> None:
-        super().__init__(testbed)
+    def __init__(self, testbed: Testbed, seed: int | None = None) -> None:
+        super().__init__(testbed, seed)
         self.stop_poll = threading.Event()
         self.poller: threading.Thread | None = None
         self.writer: PartWriter | None = None

@@ -11,7 +11,6 @@ the link process dies, traffic still flows (unshaped); stop() reports that.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shlex
 import subprocess
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import policies
 from orchestrator.bottleneck import shaping as link
 from orchestrator.bottleneck.base import Datapath
 from orchestrator.errors import UserError
@@ -40,8 +40,8 @@ def rule_args(ingress: str, egress: str) -> list[str]:
 class NfqueueDatapath(Datapath):
     name = "nfqueue"
 
-    def __init__(self, testbed: Testbed) -> None:
-        super().__init__(testbed)
+    def __init__(self, testbed: Testbed, seed: int | None = None) -> None:
+        super().__init__(testbed, seed)
         self.proc: subprocess.Popen | None = None
         self.run_dir: Path | None = None
         self.log_path: Path | None = None
@@ -76,20 +76,11 @@ class NfqueueDatapath(Datapath):
     def config(self, policy: Policy) -> dict[str, Any]:
         """What the link process needs: the policy by name and parameters (it builds its own
         copy: policies are pure, so the copy behaves the same), the link, the seed."""
-        from policies.explore import Explore
-
         bn = self.testbed.bottleneck
         assert self.run_dir is not None
         tel = self.remote or str(self.run_dir / "telemetry")
-        seed = getattr(self, "seed", None)  # set by orchestrator.experiment.run
-        explore = None
-        if isinstance(policy, Explore):  # exploration noise around a registered policy
-            explore = {"epsilon": policy.epsilon, "spread": policy.spread, "hold": policy.hold,
-                       "seed": seed or 0}
-            policy = policy.inner
         return {
-            "queue_num": QUEUE_NUM, "policy": policy.name, "seed": seed, "explore": explore,
-            "policy_args": dataclasses.asdict(policy.params),
+            "queue_num": QUEUE_NUM, **policies.to_config(policy, self.seed), "seed": self.seed,
             "rate_bps": bn.rate_bps, "buffer_pkts": bn.buffer_pkts, "buffer_bytes": bn.buffer_bytes,
             "buffer_in": getattr(bn, "buffer_in", "packets"),
             # the kernel's receive timestamp is the arrival, unless a delay line holds the

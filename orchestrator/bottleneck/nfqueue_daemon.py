@@ -97,11 +97,7 @@ class LinkDaemon:
         from orchestrator.bottleneck.control import ControlLoop
 
         self.config = config
-        self.policy = policies.make(config["policy"], config.get("policy_args", {}))
-        if config.get("explore"):
-            from policies.explore import Explore
-
-            self.policy = Explore(self.policy, **config["explore"])
+        self.policy = policies.from_config(config)
         if config.get("seed") is not None:
             random_seed(config["seed"])  # the coin tosses and the log's sampling
         qcfg = self.policy.queue_config()

@@ -57,10 +57,10 @@ def regress(suite_file: str, baseline_file: str, update_baseline: bool, name: st
 
 
 def _run(suite: object, name: str | None, out_dir: Path) -> tuple[dict, dict]:
+    from orchestrator import providers
     from orchestrator.experiment import regress as rg
-    from orchestrator.testbed import base as tbmod
 
-    tb = tbmod.load(name)
+    tb = providers.load(name)
     bn = tb.bottleneck
     testbed = {"name": tb.name, "provider": tb.provider, "rate_mbps": bn.rate_bps / 1e6,
                "rtt_ms": bn.rtt_s * 1e3, "buffer_pkts": bn.buffer_pkts}

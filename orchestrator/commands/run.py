@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from orchestrator import bottleneck
 from orchestrator.errors import UserError
 from orchestrator.experiment import results
 from orchestrator.spec import scenario as scenario_mod
@@ -30,12 +31,12 @@ def load_scenario(path: str | None, tb: Any) -> Any:
         if spec.scenario is None:
             raise UserError(f"testbed {tb.name!r} has no scenario; give one with --scenario FILE")
         return spec.scenario
-    return scenario_mod.load(path, spec)
+    return scenario_mod.load(path, spec.roles())
 
 
 @click.command()
 @click.option("--policy", help="AQM policy (see `testbed policies`). Default: the scenario's, else dualpi2.")
-@click.option("--datapath", type=click.Choice(["nfqueue", "ebpf", "kernel", "dummynet"]),
+@click.option("--datapath", type=click.Choice(bottleneck.names()),
               help="Where the policy runs (default: the scenario's, else nfqueue).")
 @click.option("--scenario", "scenario_file", type=click.Path(dir_okay=False),
               help="Scenario file (default: the testbed file's scenario).")
@@ -54,12 +55,13 @@ def run(policy: str | None, datapath: str | None, scenario_file: str | None, dur
         repeat: int, seed: int, policy_args: tuple[str, ...], name: str | None, results_root: str,
         resume: str | None, as_json: bool) -> None:
     """Run an experiment on the testbed that is up, and analyse it."""
+    from orchestrator import providers
+    from orchestrator.bottleneck import DEFAULT_DATAPATH
     from orchestrator.commands.view import RunProgress, print_summary
     from orchestrator.experiment import sweep
-    from orchestrator.experiment.run import DEFAULT_DATAPATH, RunConfig
-    from orchestrator.testbed import base as tbmod
+    from orchestrator.experiment.run import RunConfig
 
-    tb = tbmod.load(name)
+    tb = providers.load(name)
     results.mark_orphans(Path(results_root))
     if repeat < 1:
         raise UserError(f"--repeat: expected 1 or more, got {repeat}")

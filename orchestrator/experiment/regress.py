@@ -253,7 +253,7 @@ def load_scenario(case: Case, suite: Suite, tb: Any) -> Any:
     if isinstance(data, dict) and "scenario" in data:
         data = data["scenario"]
     scenario = validate(Scenario, data, source)
-    scenario.check(tb.spec(), source, "")
+    scenario.check(tb.spec().roles(), source, "")
     return scenario
 
 

@@ -17,19 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.bottleneck import DEFAULT_DATAPATH, datapath_class
 from orchestrator.errors import UserError, policy_errors
 from orchestrator.experiment import results
 from orchestrator.spec.scenario import Scenario
 from orchestrator.testbed.base import Testbed
 
 Progress = Callable[[str, float], None]  # (phase, seconds left or -1)
-
-DATAPATHS = {"nfqueue": "orchestrator.bottleneck.nfqueue:NfqueueDatapath",
-             "ebpf": "orchestrator.bottleneck.ebpf:EbpfDatapath",
-             "kernel": "orchestrator.bottleneck.kernel:KernelDatapath",
-             "dummynet": "orchestrator.bottleneck.dummynet:DummynetDatapath"}
-DEFAULT_DATAPATH = "nfqueue"
-
 
 @dataclass
 class RunConfig:
@@ -41,15 +35,6 @@ class RunConfig:
     results_root: Path | None = None
     label: dict[str, Any] = field(default_factory=dict)  # sweep point, for the manifest
     explore: dict[str, float] | None = None  # exploration noise (policies.explore), for collect
-
-
-def datapath_class(name: str) -> type:
-    import importlib
-
-    if name not in DATAPATHS:
-        raise UserError(f"unknown datapath {name!r} (expected one of: {', '.join(DATAPATHS)})")
-    module, cls = DATAPATHS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
 
 
 def with_duration(scenario: Scenario, duration_s: float | None) -> Scenario:
@@ -75,9 +60,8 @@ class Run:
             from policies.explore import Explore
 
             self.policy = Explore(self.policy, seed=config.seed, **config.explore)
-        self.datapath = datapath_class(config.datapath)(testbed)
+        self.datapath = datapath_class(config.datapath)(testbed, seed=config.seed)
         self.datapath.check(self.policy)
-        self.datapath.seed = config.seed
         from orchestrator import workloads
 
         workloads.validate(testbed, self.scenario.flows, self.scenario.duration_s)

@@ -7,16 +7,13 @@ The workloads package interprets it; nothing here starts a process.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from orchestrator.errors import SpecError
 from orchestrator.spec import units
 from orchestrator.spec.load import read_yaml, validate
-
-if TYPE_CHECKING:
-    from orchestrator.spec.schema import Spec
 
 FLOW_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,23}$")
 ECN = Literal["not-ect", "ect0", "ect1", "ce"]
@@ -119,8 +116,9 @@ class Scenario(BaseModel):
     def duration_s(self) -> float:
         return units.seconds(self.duration)
 
-    def check(self, spec: Spec, source: str, prefix: str = "scenario.") -> None:
-        names = {h.name: h.role for h in spec.hosts}
+    def check(self, roles: dict[str, str], source: str, prefix: str = "scenario.") -> None:
+        """Cross-checks against the testbed: `roles` is each host's role (Spec.roles)."""
+        names = roles
         seen: set[str] = set()
         for i, flow in enumerate(self.flows):
             path = f"{prefix}flows[{i}]"
@@ -173,14 +171,14 @@ SWEEP_CHECKS = {"policy": _check_name, "datapath": _check_name, "buffer": _check
                 "rate": _check_positive(units.rate_bps), "rtt": _check_positive(units.seconds)}
 
 
-def load(path: str, spec: Spec) -> Scenario:
+def load(path: str, roles: dict[str, str]) -> Scenario:
     """The scenario from FILE (a file with a `scenario:` key, or the scenario itself), checked
-    against the testbed's spec."""
+    against the testbed's hosts (`roles`: Spec.roles)."""
     data, prefix = read_yaml(path), ""
     if isinstance(data, dict) and "scenario" in data:
         data, prefix = data["scenario"], "scenario."
     if not isinstance(data, dict):
         raise SpecError(path, prefix.rstrip("."), "expected a mapping with 'flows'")
     scenario = validate(Scenario, data, path, prefix)
-    scenario.check(spec, path, prefix)
+    scenario.check(roles, path, prefix)
     return scenario

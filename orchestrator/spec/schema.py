@@ -184,6 +184,10 @@ class Spec(Strict):
         assert bn is not None
         return bn
 
+    def roles(self) -> dict[str, str]:
+        """Host name -> role."""
+        return {h.name: h.role for h in self.hosts}
+
     def hosts_with_role(self, role: str) -> list[HostSpec]:
         return [h for h in self.hosts if h.role == role]
 
@@ -243,7 +247,7 @@ def check(spec: Spec) -> None:
     _check_connected(spec)
     _check_ssh(spec)
     if spec.scenario is not None:
-        spec.scenario.check(spec, src)
+        spec.scenario.check(spec.roles(), src)
 
 
 def _check_addresses(spec: Spec) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UserError
-from orchestrator.spec.names import is_testbed_name, testbed_name
+from orchestrator.spec.names import testbed_name
 
 STATE_ROOT = Path(os.environ.get("TESTBED_STATE_DIR", "/run/testbed"))
 
@@ -55,7 +55,6 @@ class Interface:
 class Host:
     name: str
     role: str
-    netns: str  # namespace name ('' for a host reached over SSH)
     interfaces: list[Interface] = field(default_factory=list)
 
     @property
@@ -177,19 +176,7 @@ class Testbed:
 
     def stop(self, proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 5) -> int:
         """Stop a process started with popen, forget it, and return its exit code."""
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        self.processes = [p for p in self.processes if p.pid != proc.pid]
-        self.save()
-        return proc.returncode
+        raise NotImplementedError
 
     def add_cleanup(self, kind: str, value: str) -> None:
         """Remember something `down` must undo (kinds are handled by the provider)."""
@@ -200,15 +187,15 @@ class Testbed:
         self.cleanups = [c for c in self.cleanups if c != {"kind": kind, "value": value}]
         self.save()
 
-    # ---- files on hosts (the netns provider shares this machine's filesystem: no copies)
+    # ---- files on hosts
     def workdir(self, host: str, local_dir: str | Path) -> str:
         """Where a process on `host` should write outputs that belong in `local_dir`."""
-        return str(local_dir)
+        raise NotImplementedError
 
     def collect(self, host: str, remote_dir: str, local_dir: str | Path) -> list[Path]:
         """Copy what `host` wrote under remote_dir (from workdir) into local_dir; returns the
         files copied (none when they already are local)."""
-        return []
+        raise NotImplementedError
 
     def fetch(self, host: str, remote_dir: str, local_dir: str | Path) -> list[Path]:
         """collect(), then remove remote_dir on the host, so a long sweep does not fill a
@@ -219,45 +206,30 @@ class Testbed:
         return files
 
     def put(self, host: str, path: str, data: str | bytes, mode: int = 0o600) -> None:
-        """Write a file on host (parents made); here the host sees this filesystem."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
+        """Write a file on host (parents made)."""
+        raise NotImplementedError
 
     def shares_files(self, host: str) -> bool:
         """True if host sees this machine's filesystem (outputs need no copying)."""
-        return True
+        raise NotImplementedError
 
     def signal(self, proc: subprocess.Popen, sig: int) -> None:
         """Send sig to a process started with popen, without waiting (e.g. SIGINT to iperf3)."""
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
+        raise NotImplementedError
 
     def stop_tagged(self, tag: str, timeout: float = 5.0) -> None:
         """Stop every process recorded with `tag` (also ones another process started), wait
         until each is gone, and forget them."""
-        for proc in [p for p in self.processes if p.tag == tag]:
-            if not is_same_process(proc):
-                continue  # gone, or its pid now belongs to another process
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-            _wait_gone(proc.pid, timeout)
-        self.processes = [p for p in self.processes if p.tag != tag]
-        self.save()
+        raise NotImplementedError
 
     def python(self, host: str) -> str:
         """The interpreter (with this project importable) that runs `python -m orchestrator...`
         on host."""
-        import sys
+        raise NotImplementedError
 
-        return sys.executable
+    def location(self, host: str) -> str:
+        """Where `host` is, for `testbed status` (a namespace, user@address)."""
+        return ""
 
     # ---- convenience
     def host(self, name: str) -> Host:
@@ -288,62 +260,3 @@ class Testbed:
                 return
             time.sleep(0.05)
         raise UserError(f"{host}: nothing listens on port {port} after {timeout}s")
-
-
-def _wait_gone(pid: int, timeout: float) -> None:
-    """Wait until pid has exited (e.g. its NFQUEUE queues are only free then), else kill it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.01)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def load(name: str | None = None) -> Testbed:
-    """The testbed that is up under `name` (or the only one up)."""
-    name = only_up() if name is None else name
-    path = state_dir_of(name) / "state.json"
-    if not path.exists():
-        raise UserError(f"no testbed named {name!r} is up (no {path})")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"testbed {name!r}: unreadable state file {path}: {e}") from None
-    if data.get("name") != name:
-        raise UserError(f"testbed {name!r}: state file {path} names another testbed; refusing it")
-    hosts = {k: Host(**{**v, "interfaces": [Interface(**i) for i in v["interfaces"]]})
-             for k, v in data["hosts"].items()}
-    from orchestrator.providers import provider_class
-
-    tb = provider_class(data["provider"])(data["name"], data["spec"], hosts,
-                                          Bottleneck(**data["bottleneck"]), data.get("extra"))
-    tb.processes = [Process(**p) for p in data["processes"]]
-    tb.cleanups = data["cleanups"]
-    tb.status = data["status"]
-    return tb
-
-
-def names_up() -> list[str]:
-    if not STATE_ROOT.exists():
-        return []
-    return sorted(p.parent.name for p in STATE_ROOT.glob("*/state.json")
-                  if is_testbed_name(p.parent.name) and not p.parent.is_symlink())
-
-
-def only_up() -> str:
-    up = names_up()
-    if len(up) == 1:
-        return up[0]
-    if not up:
-        raise UserError("no testbed is up; start one with `testbed up testbeds/mininet-like.yaml`")
-    raise UserError(f"several testbeds are up ({', '.join(up)}); name one")

@@ -22,7 +22,7 @@ def describe(tb: Testbed) -> dict[str, Any]:
                           "bottleneck": host.name == bn.router and iface.name == bn.egress})
     return {
         "name": tb.name, "provider": tb.provider, "status": tb.status,
-        "hosts": [{"name": h.name, "role": h.role, "netns": h.netns,
+        "hosts": [{"name": h.name, "role": h.role, "where": tb.location(h.name),
                    "addresses": [i.address for i in h.interfaces]} for h in tb.hosts.values()],
         "links": links,
         "bottleneck": {"router": bn.router, "egress": bn.egress, "rate_mbps": bn.rate_bps / 1e6,

@@ -234,11 +234,3 @@ class ScapyRunner(UdpRunner):
             r["ports"]["sport"] = None  # one source port per short flow
         r["pattern"] = self.plan.spec.pattern
         return r
-
-
-def runner_for(testbed: Testbed, plan: FlowPlan, logs: Path) -> Runner:
-    from orchestrator.workloads.iperf import IperfRunner
-
-    kinds: dict[str, type[Runner]] = {"tcp": IperfRunner, "l4s": TcpSenderRunner, "udp": UdpRunner,
-                                      "scapy": ScapyRunner}
-    return kinds[plan.spec.kind](testbed, plan, logs)

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from orchestrator.errors import UserError
+from orchestrator.providers.ssh.settings import control_dir, settings_of, ssh_options
 
 PLAYBOOKS = Path(__file__).resolve().parents[3] / "playbooks"
 TIMEOUT_S = 1800
@@ -51,7 +52,6 @@ class PlaybookResult:
 
 def inventory(tb: Any) -> dict[str, Any]:
     """One host per testbed host, its `tb` variables, and groups by role and OS."""
-    from orchestrator.providers.ssh.transport import settings_of, ssh_options
 
     spec = tb.spec()
     s = settings_of(spec)
@@ -96,7 +96,6 @@ def private_dir(tb: Any) -> Path:
 
 
 def envvars(tb: Any, pdd: Path) -> dict[str, str]:
-    from orchestrator.providers.ssh.transport import control_dir, settings_of
 
     s = settings_of(tb.spec())
     bindir = str(Path(sys.executable).parent)

@@ -17,7 +17,9 @@ from typing import Any
 from orchestrator.bottleneck import shaping as link
 from orchestrator.errors import UserError
 from orchestrator.providers.ssh import freebsd
+from orchestrator.providers.ssh.settings import project_dir, project_python, remote_dir, settings_of
 from orchestrator.testbed.base import Testbed
+from orchestrator.testbed.topology import routes
 
 PROBED_QDISCS = ["netem"]
 DELAYLINE_READY = "delayline ready"
@@ -67,7 +69,6 @@ def _os(tb: Testbed, host: str) -> str:
 
 
 def host_vars(tb: Testbed, kernel: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    from orchestrator.providers.ssh.transport import project_dir, project_python, remote_dir, settings_of
 
     spec = tb.spec()
     s = settings_of(spec)
@@ -158,7 +159,6 @@ def _routes(tb: Testbed, name: str, os_: str) -> dict[str, list[list[str]]]:
     """Static routes to the subnets behind routers. On Linux every route (the connected ones
     too) carries the host's congestion control, as the local provider does; FreeBSD sets it
     with a sysctl instead."""
-    from orchestrator.providers.netns import routes
 
     host = tb.host(name)
     rts = routes(tb.spec(), tb.hosts)[name]
@@ -278,7 +278,6 @@ def _delay_line(tb: Testbed) -> dict[str, Any] | None:
 
 def _divert(tb: Testbed, args: dict[str, Any]) -> dict[str, Any]:
     """The divert(4) datapath's config (orchestrator/bottleneck/divert.py): the whole link in userspace."""
-    from orchestrator.providers.ssh.transport import remote_dir, settings_of
 
     bn = tb.bottleneck
     policy = str(args.pop("policy", "dualpi2"))

@@ -1,53 +1,43 @@
-"""The ssh provider: hosts are existing machines (cloud VMs, a lab, a FreeBSD router) reached
-over SSH and set up with Ansible (playbooks/, through ansible-runner).
+"""The ssh provider's transport: commands, processes and files on existing machines.
 
 Commands run through the OpenSSH client with host keys verified against the spec's
 known_hosts (StrictHostKeyChecking=yes), BatchMode (never a password prompt) and a short
 ConnectTimeout; the remote command is `shlex.join` of the argument list. One multiplexed
 connection per host (ControlMaster) serves `run`; each `popen` gets a connection of its own,
 and a small remote wrapper stops the process when that connection goes away, so a killed
-controller leaves nothing running. paramiko does the quick checks (reachable? right key?
-known host key?) with typed errors, and copies files back (SFTP).
-
-Secrets: the spec, the state file, the inventory and the manifests hold paths to keys, never
-key material; password authentication is not supported on purpose (use keys or ssh-agent).
+controller leaves nothing running. Files come back over SFTP (paramiko, see connect).
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import shlex
 import shutil
 import signal
-import socket
 import stat
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from orchestrator.errors import UserError
-from orchestrator.spec.schema import Spec, SshSettings
-from orchestrator.testbed.base import (
-    Bottleneck,
-    Host,
-    Interface,
-    Process,
-    Testbed,
-    is_same_process,
-    start_time,
-    state_dir_of,
+from orchestrator.providers.ssh.connect import connect
+from orchestrator.providers.ssh.settings import (
+    REPO,
+    Endpoint,
+    control_dir,
+    endpoint,
+    project_dir,
+    project_python,
+    remote_dir,
+    settings_of,
+    ssh_options,
 )
-
-REPO = Path(__file__).resolve().parents[3]
-SERVER_ALIVE = ("-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=3")  # lost host: ~6 s
+from orchestrator.spec.ssh import SshSettings
+from orchestrator.testbed.base import Process, Testbed, start_time
 
 # The remote side of popen. Runs the command in the background, writes its pid, and stops it
 # (SIGTERM) when the sshd session that started it is gone, i.e. when the controller's ssh
@@ -68,64 +58,6 @@ STOP_BY_PIDFILE = ('n=$1; shift; for f in "$@"; do p=$(cat "$f" 2>/dev/null) || 
                    'kill -TERM "$p" 2>/dev/null || { rm -f "$f"; continue; }; i=0; '
                    'while kill -0 "$p" 2>/dev/null && [ "$i" -lt "$n" ]; do sleep 0.05; i=$((i+1)); done; '
                    'kill -0 "$p" 2>/dev/null && kill -KILL "$p"; rm -f "$f"; done; exit 0')
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    host: str
-    address: str
-    port: int
-    user: str
-    key_file: str | None  # expanded path, or None for ssh-agent / default keys
-    os: str
-
-    @property
-    def where(self) -> str:
-        return f"{self.user}@{self.address}:{self.port}"
-
-
-def settings_of(spec: Spec) -> SshSettings:
-    return spec.ssh or SshSettings()
-
-
-def endpoint(spec: Spec, host: str) -> Endpoint:
-    hs = spec.host(host)
-    s = settings_of(spec)
-    assert hs.ssh is not None
-    key = hs.ssh.key_file or s.key_file
-    return Endpoint(host, hs.ssh.address, hs.ssh.port or s.port, hs.ssh.user or s.user,
-                    os.path.expanduser(key) if key else None, hs.ssh.os)
-
-
-def known_hosts(s: SshSettings) -> str:
-    return "/dev/null" if s.insecure_ignore_host_keys else os.path.expanduser(s.known_hosts)
-
-
-def ssh_options(s: SshSettings, ep: Endpoint) -> list[str]:
-    """The -o options every ssh (and Ansible's) connection uses."""
-    opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(1, round(s.connect_timeout_s))}",
-            "-o", f"UserKnownHostsFile={known_hosts(s)}", "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "StrictHostKeyChecking=" + ("no" if s.insecure_ignore_host_keys else "yes"),
-            "-o", "LogLevel=ERROR", *SERVER_ALIVE]
-    if ep.key_file:
-        opts += ["-o", "IdentitiesOnly=yes", "-i", ep.key_file]
-    return opts
-
-
-def remote_dir(s: SshSettings, testbed: str, host: str) -> str:
-    return str(PurePosixPath(s.remote_dir) / testbed / host)
-
-
-def project_dir(s: SshSettings) -> str:
-    return s.project_dir or str(REPO)
-
-
-def project_python(s: SshSettings) -> str:
-    if s.project_python:
-        return s.project_python
-    if s.install_project:  # the playbook makes this venv
-        return str(PurePosixPath(project_dir(s)) / ".venv" / "bin" / "python")
-    return sys.executable
 
 
 class SshTestbed(Testbed):
@@ -312,6 +244,9 @@ class SshTestbed(Testbed):
     def python(self, host: str) -> str:
         return project_python(self.settings())
 
+    def location(self, host: str) -> str:
+        return self.endpoint(host).where
+
     def sysctl(self, host: str, key: str, value: str | int) -> None:
         if self.endpoint(host).os == "freebsd":
             self.run(host, ["sysctl", f"{key}={value}"])
@@ -346,15 +281,6 @@ class SshTestbed(Testbed):
         shutil.rmtree(control_dir(self.name), ignore_errors=True)
 
 
-def control_dir(testbed: str) -> Path:
-    """Unix socket paths are limited to about 100 bytes: use the state dir if short enough."""
-    path = state_dir_of(testbed) / "cm"
-    if len(str(path)) > 60:
-        digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
-        path = Path(f"/tmp/tbcm-{os.getuid()}-{digest}")
-    return path
-
-
 def exit_code(rc: int | None) -> int:
     """ssh reports a remote death by signal N as 128+N; give it as -N, as Popen does locally."""
     if rc is not None and 129 <= rc <= 192:
@@ -386,258 +312,3 @@ def _fetch_tree(sftp: Any, remote: str, local: Path) -> list[Path]:
     return out
 
 
-# ---------------------------------------------------------------- checking hosts (paramiko)
-
-
-def fingerprint(key: Any) -> str:
-    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
-
-
-def connect(spec: Spec, host: str) -> Any:
-    """A paramiko client connected to host with the spec's key and host-key policy; any
-    failure is a UserError that names the host and says what is wrong and what to do."""
-    import paramiko
-
-    s, ep = settings_of(spec), endpoint(spec, host)
-    timeout = s.connect_timeout_s
-    if ep.key_file and not os.path.isfile(ep.key_file):
-        raise UserError(f"{host}: key file {ep.key_file} does not exist")
-    client = paramiko.SSHClient()
-    if s.insecure_ignore_host_keys:
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # kept in memory only
-    else:
-        kh = known_hosts(s)
-        if not os.path.isfile(kh):
-            raise UserError(f"{host}: known_hosts file {kh} does not exist; record the hosts' keys "
-                            f"(ssh-keyscan, and check the fingerprints out of band), or set "
-                            f"ssh.insecure_ignore_host_keys: true for a throwaway lab")
-        client.load_host_keys(kh)
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    try:
-        client.connect(ep.address, port=ep.port, username=ep.user, key_filename=ep.key_file,
-                       look_for_keys=ep.key_file is None, allow_agent=ep.key_file is None,
-                       timeout=timeout, banner_timeout=timeout, auth_timeout=timeout)
-    except Exception as e:  # noqa: BLE001 - every failure becomes one clear line
-        client.close()
-        raise UserError(f"{host} ({ep.where}): {_why(e, s, ep, timeout)}") from None
-    return client
-
-
-def _why(e: Exception, s: SshSettings, ep: Endpoint, timeout: float) -> str:
-    import paramiko
-
-    kh = known_hosts(s)
-    entry = ep.address if ep.port == 22 else f"[{ep.address}]:{ep.port}"
-    if isinstance(e, paramiko.BadHostKeyException):
-        return (f"host key CHANGED: {kh} records {fingerprint(e.expected_key)}, the host offers "
-                f"{fingerprint(e.key)}. Someone may be intercepting the connection, or the host was "
-                f"reinstalled; if you trust the new key: ssh-keygen -R '{entry}' -f {kh}")
-    if isinstance(e, paramiko.AuthenticationException):
-        key = f"key {ep.key_file}" if ep.key_file else "ssh-agent or default keys"
-        return (f"authentication failed for user {ep.user!r} with {key} "
-                f"(is its public key in authorized_keys?)")
-    if isinstance(e, paramiko.PasswordRequiredException):
-        return f"key file {ep.key_file} is encrypted: add it to ssh-agent and leave key_file out"
-    if isinstance(e, paramiko.SSHException) and "not found in known_hosts" in str(e):
-        return (f"host key unknown: {entry} is not in {kh}; record it (ssh-keyscan, and check the "
-                f"fingerprint out of band), or set ssh.insecure_ignore_host_keys: true for a throwaway lab")
-    if isinstance(e, (socket.timeout, TimeoutError)):
-        return f"unreachable: no answer within {timeout:g} s"
-    if isinstance(e, paramiko.ssh_exception.NoValidConnectionsError):
-        return "unreachable: connection refused (is sshd running on that port?)"
-    if isinstance(e, OSError):
-        return f"unreachable: {e.strerror or e}"
-    if isinstance(e, paramiko.SSHException):
-        return f"ssh handshake failed: {e}"
-    return f"{type(e).__name__}: {e}"
-
-
-def check_hosts(tb: SshTestbed) -> dict[str, str]:
-    """Connect to every host at once; fail with every problem listed. Returns uname -s."""
-    spec = tb.spec()
-
-    def one(host: str) -> str:
-        client = connect(spec, host)
-        try:
-            _, out, _ = client.exec_command("uname -s", timeout=spec.ssh.connect_timeout_s if spec.ssh else 5)
-            return out.read().decode().strip()
-        finally:
-            client.close()
-
-    results: dict[str, str] = {}
-    errors: list[str] = []
-    with ThreadPoolExecutor(max_workers=min(16, len(tb.hosts))) as pool:
-        futures = {h: pool.submit(one, h) for h in tb.hosts}
-        for host, fut in futures.items():
-            try:
-                results[host] = fut.result()
-            except UserError as e:
-                errors.append(str(e))
-    for host, system in results.items():
-        want = {"linux": "Linux", "freebsd": "FreeBSD"}[endpoint(spec, host).os]
-        if system != want:
-            errors.append(f"{host}: the spec says os {endpoint(spec, host).os!r}, "
-                          f"but the host runs {system!r}")
-    if errors:
-        raise UserError("cannot use the hosts:\n  " + "\n  ".join(errors))
-    return results
-
-
-# ---------------------------------------------------------------- building
-
-
-def plan(spec: Spec) -> tuple[dict[str, Host], Bottleneck]:
-    """As the netns plan, with the spec's interface names and no namespaces."""
-    from orchestrator.providers import netns
-
-    hosts, bn = netns.plan(spec)
-    rename: dict[tuple[str, str], str] = {}
-    for name, host in hosts.items():
-        ssh = spec.host(name).ssh
-        assert ssh is not None
-        host.netns = ""
-        new = [Interface(ssh.interfaces[i.peer], i.address, i.peer, i.peer_address, i.link)
-               for i in host.interfaces]
-        rename.update({(name, old.name): n.name for old, n in zip(host.interfaces, new, strict=True)})
-        host.interfaces = new
-    bn.egress = rename[(bn.router, bn.egress)]
-    bn.ingress = [rename[(bn.router, i)] for i in bn.ingress]
-    return hosts, bn
-
-
-def probe(tb: SshTestbed) -> dict[str, dict[str, Any]]:
-    """What each host's kernel offers: congestion controls; on a Linux router, which qdiscs."""
-    from orchestrator.providers.ssh import hostvars
-
-    def one(name: str) -> dict[str, Any]:
-        ep = tb.endpoint(name)
-        info: dict[str, Any] = {"release": tb.run(name, ["uname", "-r"]).stdout.strip()}
-        if ep.os == "linux":
-            info["ccs"] = tb.run(name, ["cat", "/proc/sys/net/ipv4/tcp_available_congestion_control"]) \
-                .stdout.split()
-            if name == tb.bottleneck.router:
-                info["qdiscs"] = [q for q in hostvars.PROBED_QDISCS + _wanted_qdisc(tb)
-                                  if _has_qdisc(tb, name, q)]
-        else:
-            res = tb.run(name, ["sysctl", "-n", "net.inet.tcp.cc.available"], check=False)
-            info["ccs"] = [line.split()[0] for line in res.stdout.splitlines()
-                           if line.strip() and not line.startswith("CCmod")]
-        return info
-
-    return dict(zip(tb.hosts, _each(one, list(tb.hosts)), strict=True))
-
-
-def _each(fn: Any, items: list[str]) -> list[Any]:
-    """fn over items in parallel (hosts answer independently); the first error is raised."""
-    with ThreadPoolExecutor(max_workers=min(16, max(1, len(items)))) as pool:
-        return list(pool.map(fn, items))
-
-
-def _wanted_qdisc(tb: SshTestbed) -> list[str]:
-    aqm = tb.spec().host(tb.bottleneck.router).ssh.aqm  # type: ignore[union-attr]
-    return [aqm] if aqm and aqm != "fifo" else []
-
-
-def _has_qdisc(tb: SshTestbed, host: str, kind: str) -> bool:
-    """Try the qdisc as the root of the bottleneck egress (the shaper replaces it anyway)."""
-    dev = tb.bottleneck.egress
-    ok = tb.run(host, ["tc", "qdisc", "replace", "dev", dev, "root", kind], check=False).returncode == 0
-    tb.run(host, ["tc", "qdisc", "del", "dev", dev, "root"], check=False)
-    return ok
-
-
-def up(spec: Spec) -> SshTestbed:
-    """Check the hosts, probe them, run the playbooks. On failure the hosts are cleaned."""
-    from orchestrator.providers.ssh import ansible, hostvars
-
-    if (state_dir_of(spec.name) / "state.json").exists():
-        raise UserError(f"a testbed named {spec.name!r} is already up; run `testbed down {spec.name}` first")
-    hosts, bottleneck = plan(spec)
-    tb = SshTestbed(spec.name, spec.model_dump(mode="json"), hosts, bottleneck,
-                    extra={"buffer_spec": spec.bottleneck.buffer, "pidfiles": {}})
-    tb.status = "building"
-    tb.save()  # first, so `down` can clean up after a kill -9 in the middle of `up`
-    try:
-        check_hosts(tb)  # fails fast, before anything changes on a host
-        _each(tb.start_master, list(tb.hosts))
-    except BaseException:
-        tb.stop_masters()
-        shutil.rmtree(tb.state_dir, ignore_errors=True)
-        raise
-    try:
-        kernel = probe(tb)
-        tb.bottleneck.delay_mode = hostvars.delay_mode(tb, kernel)
-        tb.extra.update(kernel=kernel, host_vars=hostvars.host_vars(tb, kernel))
-        tb.save()
-        ansible.run_playbook(tb, "site.yml").raise_for_failure("testbed up")
-    except BaseException:
-        try:
-            down(spec.name)
-        except UserError:
-            pass  # the first error is the one to show
-        raise
-    tb.status = "up"
-    tb.save()
-    return tb
-
-
-# ---------------------------------------------------------------- tearing down
-
-
-def _replay_cleanups(tb: SshTestbed, removed: list[str]) -> None:
-    """Undo what a run that died left on the hosts (BPF congestion controls, tc filters, ip
-    rules); records for hosts that cannot be reached are kept for the next `down`."""
-    from orchestrator import workloads
-
-    kept = []
-    reachable: dict[str, bool] = {}
-    for item in tb.cleanups:
-        host = item.get("value", "").partition("@")[2] or item.get("value", "").partition(":")[0]
-        if host in tb.hosts and host not in reachable:
-            reachable[host] = tb.run(host, ["true"], check=False, timeout=15).returncode == 0
-        if not reachable.get(host, True):
-            kept.append(item)  # its undo would fail silently; try again at the next `down`
-            continue
-        try:
-            done = workloads.cleanup(tb, item.get("kind", ""), item.get("value", ""))
-        except UserError:
-            done = False
-        if done:
-            removed.append(f"{item.get('kind')} {item.get('value')}")
-        else:
-            kept.append(item)
-    tb.cleanups = kept
-    tb.save()
-
-
-def down(name: str) -> list[str]:
-    """Run the teardown playbook on every host and forget the testbed. A host that cannot be
-    reached is reported (the others are cleaned) and the state is kept for another try."""
-    from orchestrator.providers.ssh import ansible
-    from orchestrator.testbed.base import load
-
-    if not (state_dir_of(name) / "state.json").exists():
-        return []
-    tb = load(name)
-    assert isinstance(tb, SshTestbed)
-    removed: list[str] = []
-    for proc in tb.processes:  # local ssh clients: their remote processes stop with them
-        if not is_same_process(proc):
-            continue  # gone, or the pid now belongs to someone else
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            removed.append(f"process {proc.pid} ({proc.tag} on {proc.host})")
-        except (ProcessLookupError, PermissionError):
-            pass
-    tb.processes = []
-    _replay_cleanups(tb, removed)
-    result = ansible.run_playbook(tb, "teardown.yml") if tb.extra.get("host_vars") else None
-    tb.stop_masters()
-    if result is not None and not result.ok:
-        tb.status = "teardown-failed"
-        tb.save()
-        raise UserError(f"testbed {name!r}: {result.summary()}; the other hosts are clean. Run "
-                        f"`testbed down {name}` again when they are back (state kept in {tb.state_dir})")
-    removed += [f"host {h} cleaned" for h in tb.hosts] if result is not None else []
-    shutil.rmtree(tb.state_dir, ignore_errors=True)
-    return removed
