@@ -14,9 +14,14 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+from collections.abc import Mapping
 
 from orchestrator.spec import units
-from orchestrator.testbed.base import Testbed
+from orchestrator.testbed.base import Bottleneck, Host, Testbed
+
+# (host, argv, check): a command built here, run by run_steps or recorded for Ansible
+# (providers/ssh/hostvars.py); check=False marks one that may fail (a delete of nothing)
+Step = tuple[str, list[str], bool]
 
 DELAY_QUEUE_FORWARD = 0
 DELAY_QUEUE_REVERSE = 1
@@ -26,22 +31,32 @@ def _rate(bps: float) -> str:
     return f"{int(bps)}bit"
 
 
-def install_shaper(tb: Testbed, leaf: list[str] | None = None) -> None:
+def shaper_commands(bn: Bottleneck, leaf: list[str] | None = None) -> list[Step]:
     """HTB at the link rate on the bottleneck egress, with a FIFO leaf (or the given leaf qdisc
     arguments, e.g. ['pie', 'target', '15ms'])."""
-    bn = tb.bottleneck
     dev = bn.egress
     # `replace` of an HTB root that exists is refused ("Change operation not supported"), and
     # a datapath may have left another shape, so start from an empty root
-    tb.run(bn.router, ["tc", "qdisc", "del", "dev", dev, "root"], check=False)
-    tb.run(bn.router, ["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb",
-                       "default", "1"])
-    tb.run(bn.router, ["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:1",
-                       "htb", "rate", _rate(bn.rate_bps), "ceil", _rate(bn.rate_bps)])
     if leaf is None:
         leaf = (["pfifo", "limit", str(bn.buffer_pkts)] if bn.buffer_in == "packets"
                 else ["bfifo", "limit", str(bn.buffer_bytes)])
-    tb.run(bn.router, ["tc", "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", *leaf])
+    return [(bn.router, ["tc", "qdisc", "del", "dev", dev, "root"], False),
+            (bn.router, ["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb",
+                         "default", "1"], True),
+            (bn.router, ["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:1",
+                         "htb", "rate", _rate(bn.rate_bps), "ceil", _rate(bn.rate_bps)], True),
+            (bn.router, ["tc", "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", *leaf], True)]
+
+
+def run_steps(tb: Testbed, steps: list[Step]) -> None:
+    """Run commands built here on the testbed's hosts, in order."""
+    for host, argv, check in steps:
+        tb.run(host, argv, check=check)
+
+
+def install_shaper(tb: Testbed, leaf: list[str] | None = None) -> None:
+    """The shaper (shaper_commands) on the bottleneck router."""
+    run_steps(tb, shaper_commands(tb.bottleneck, leaf))
 
 
 def remove_shaper(tb: Testbed) -> None:
@@ -52,29 +67,30 @@ def remove_shaper(tb: Testbed) -> None:
 def start_delay(tb: Testbed) -> None:
     bn = tb.bottleneck
     if bn.delay_mode == "netem":
-        _netem(tb)
+        run_steps(tb, netem_commands(bn, tb.hosts))
     elif bn.forward_delay_s > 0 or bn.reverse_delay_s > 0 or bn.extra_delay_s:
         _delay_line(tb)
 
 
-def _netem(tb: Testbed) -> None:
+def netem_commands(bn: Bottleneck, hosts: Mapping[str, Host]) -> list[Step]:
     """netem on the router: reverse delay (plus per-host extras) towards each sender, forward
     delay towards the receivers would collide with HTB, so it goes on the receivers' side."""
-    bn = tb.bottleneck
-    router = tb.host(bn.router)
+    router = hosts[bn.router]
+    out = []
     for iface in router.interfaces:
         if iface.name == bn.egress:
             continue
-        extra = 2 * bn.extra_delay_s.get(tb.host(iface.peer).address, 0.0)
-        _netem_on(tb, bn.router, iface.name, bn.reverse_delay_s + extra)
-    receiver = tb.host(next(i.peer for i in router.interfaces if i.name == bn.egress))
-    _netem_on(tb, receiver.name, receiver.iface_to(bn.router).name, bn.forward_delay_s)
+        extra = 2 * bn.extra_delay_s.get(hosts[iface.peer].address, 0.0)
+        out += _netem_on(bn.router, iface.name, bn.reverse_delay_s + extra)
+    receiver = hosts[next(i.peer for i in router.interfaces if i.name == bn.egress)]
+    return out + _netem_on(receiver.name, receiver.iface_to(bn.router).name, bn.forward_delay_s)
 
 
-def _netem_on(tb: Testbed, host: str, dev: str, delay_s: float) -> None:
-    if delay_s > 0:
-        tb.run(host, ["tc", "qdisc", "replace", "dev", dev, "root", "netem", "delay",
-                      f"{delay_s * 1e6:.0f}us", "limit", "100000"])
+def _netem_on(host: str, dev: str, delay_s: float) -> list[Step]:
+    if delay_s <= 0:
+        return []
+    return [(host, ["tc", "qdisc", "replace", "dev", dev, "root", "netem", "delay",
+                    f"{delay_s * 1e6:.0f}us", "limit", "100000"], True)]
 
 
 def delay_comment(tb: Testbed) -> str:

@@ -2,7 +2,7 @@
 
 Every command a role runs comes from here as an argument list, so the roles stay thin loops
 and the commands are the same ones the local provider runs: the Linux shaper and netem lines
-are recorded from orchestrator/bottleneck/shaping.py itself, and the FreeBSD lines come from
+are built by orchestrator/bottleneck/shaping.py itself, and the FreeBSD lines come from
 orchestrator/providers/ssh/freebsd.py. The roles add what only the host can know (was this address already
 there? what was this sysctl before?) and record it, so teardown restores exactly that.
 """
@@ -10,8 +10,6 @@ there? what was this sysctl before?) and record it, so teardown restores exactly
 from __future__ import annotations
 
 import ipaddress
-import subprocess
-from collections.abc import Sequence
 from typing import Any
 
 from orchestrator.bottleneck import shaping as link
@@ -23,25 +21,6 @@ from orchestrator.testbed.topology import routes
 
 PROBED_QDISCS = ["netem"]
 DELAYLINE_READY = "delayline ready"
-
-
-class Recorder(Testbed):
-    """A Testbed that records (host, argv) instead of running, to reuse link.py's commands."""
-
-    provider = "record"
-
-    def __init__(self, tb: Testbed) -> None:
-        super().__init__(tb.name, tb.spec_data, tb.hosts, tb.bottleneck, dict(tb.extra))
-        self.cmds: list[tuple[str, Any]] = []
-
-    def run(self, host: str, argv: Sequence[str], check: bool = True, timeout: float | None = 60,
-            input: str | None = None) -> subprocess.CompletedProcess:
-        # a command link.py lets fail (check=False) may fail on the host too
-        self.cmds.append((host, list(argv) if check else {"argv": list(argv), "ignore": True}))
-        return subprocess.CompletedProcess(list(argv), 0, "", "")
-
-    def save(self) -> None:
-        pass
 
 
 def delay_mode(tb: Testbed, kernel: dict[str, dict[str, Any]]) -> str:
@@ -212,11 +191,11 @@ def _link_commands(tb: Testbed, kernel: dict[str, dict[str, Any]]) -> list[tuple
     bn = tb.bottleneck
     if _os(tb, bn.router) != "linux":
         return []
-    rec = Recorder(tb)
-    link.install_shaper(rec, _leaf(tb, kernel))
+    steps = link.shaper_commands(bn, _leaf(tb, kernel))
     if bn.delay_mode == "netem":
-        link.start_delay(rec)
-    return rec.cmds
+        steps += link.netem_commands(bn, tb.hosts)
+    # a command the local provider lets fail (check=False) may fail on the host too
+    return [(host, argv if check else {"argv": argv, "ignore": True}) for host, argv, check in steps]
 
 
 def _leaf(tb: Testbed, kernel: dict[str, dict[str, Any]]) -> list[str] | None:
