@@ -17,10 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.bottleneck import shaping as link
 from orchestrator.errors import SpecError, UserError
 from orchestrator.experiment import results
-from orchestrator.experiment.run import Run, RunConfig
+from orchestrator.experiment.points import LINK_KEYS, PointFile, is_complete, run_point
+from orchestrator.experiment.run import RunConfig
 from orchestrator.spec import units
 from orchestrator.spec.load import load_model
 from orchestrator.spec.scenario import FlowSpec, Scenario
@@ -125,33 +125,22 @@ def start(matrix_path: str | Path, out: Path) -> dict[str, Any]:
     return state
 
 
-def _on_link(tb: Testbed, point: dict[str, Any], fn: Callable[[], Path]) -> Path:
-    saved = (tb.bottleneck.rate_bps, tb.bottleneck.rtt_s, tb.extra.get("buffer_spec"))
-    link.reconfigure(tb, rate_bps=units.rate_bps(point["rate"]), rtt_s=units.seconds(point["rtt"]),
-                     buffer=point["buffer"])
-    try:
-        return fn()
-    finally:
-        link.reconfigure(tb, rate_bps=saved[0], rtt_s=saved[1], buffer=saved[2])
-
-
 def collect(tb: Testbed, out: Path, progress: Callable[[str, float], None] | None = None) -> Path:
     """Run every training scenario not yet run; write <out>/pool.parquet."""
     from policies.aqm_llm.dataset import build_pool
 
-    state = _state(out)
+    points = PointFile(out / "collect.json")
+    state = points.read()
     matrix = Matrix.model_validate(state["matrix"])
     for i, point in enumerate(state["points"]):
-        if point["held_out"] or point["run"]:
+        if point["held_out"] or is_complete(point):
             continue
         config = RunConfig(policy=point["behaviour"], datapath=matrix.datapath, seed=point["seed"],
                            results_root=out / "runs", explore=matrix.exploration,
                            label={"scenario": point["name"]})
-        run = Run(tb, scenario_of(point, tb, matrix.duration), config)
-        run_dir = _on_link(tb, point, lambda run=run: run.execute(progress))
-        state["points"][i]["run"] = run_dir.name
-        _save(out, state)
-    runs = [out / "runs" / p["run"] for p in state["points"] if p["run"] and not p["held_out"]]
+        run_point(tb, points, i, scenario_of(point, tb, matrix.duration), config,
+                  _link(point), progress)
+    runs = [out / "runs" / p["run"] for p in points.points() if is_complete(p) and not p["held_out"]]
     if not runs:
         raise UserError("no training runs: every scenario is held out")
     return build_pool(runs, out / "pool.parquet")
@@ -160,9 +149,10 @@ def collect(tb: Testbed, out: Path, progress: Callable[[str, float], None] | Non
 def evaluate(tb: Testbed, out: Path, policies: list[tuple[str, dict[str, Any]]], repeat: int,
              progress: Callable[[str, float], None] | None = None) -> list[dict[str, Any]]:
     """Run each policy on each held-out scenario `repeat` times; return one row per run."""
-    state = _state(out)
+    evaluations = PointFile(out / "collect.json", key="evaluations")
+    state = evaluations.read()
     matrix = Matrix.model_validate(state["matrix"])
-    done = {(e["scenario"], e["policy"], e["repeat"]): e for e in state["evaluations"]}
+    done = {(e["scenario"], e["policy"], e["repeat"]) for e in state["evaluations"] if is_complete(e)}
     for point in (p for p in state["points"] if p["held_out"]):
         for (name, args), rep in itertools.product(policies, range(repeat)):
             if (point["name"], name, rep) in done:
@@ -170,13 +160,18 @@ def evaluate(tb: Testbed, out: Path, policies: list[tuple[str, dict[str, Any]]],
             config = RunConfig(policy=name, policy_args=args, datapath=matrix.datapath,
                                seed=1000 + rep, results_root=out / "eval",
                                label={"scenario": point["name"], "repeat": rep})
-            run = Run(tb, scenario_of(point, tb, matrix.duration), config)
-            run_dir = _on_link(tb, point, lambda run=run: run.execute(progress))
-            entry = {"scenario": point["name"], "policy": name, "repeat": rep, "run": run_dir.name}
-            state["evaluations"].append(entry)
-            done[(point["name"], name, rep)] = entry
-            _save(out, state)
-    return [e for e in state["evaluations"] if any(e["policy"] == n for n, _ in policies)]
+            index = evaluations.append({"scenario": point["name"], "policy": name, "repeat": rep,
+                                        "run": None, "status": "pending"})
+            run_point(tb, evaluations, index, scenario_of(point, tb, matrix.duration), config,
+                      _link(point), progress)
+            done.add((point["name"], name, rep))
+    return [e for e in evaluations.points()
+            if is_complete(e) and any(e["policy"] == n for n, _ in policies)]
+
+
+def _link(point: dict[str, Any]) -> dict[str, Any]:
+    """A scenario point's link settings (every point of a matrix sets all three)."""
+    return {k: point[k] for k in LINK_KEYS}
 
 
 def table(out: Path, rows: list[dict[str, Any]]) -> Any:

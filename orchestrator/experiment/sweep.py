@@ -12,10 +12,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from orchestrator.bottleneck import shaping as link
 from orchestrator.experiment import results
-from orchestrator.experiment.run import Progress, Run, RunConfig
-from orchestrator.spec import units
+from orchestrator.experiment.points import PointFile, run_point
+from orchestrator.experiment.run import Progress, RunConfig
 from orchestrator.spec.scenario import Scenario
 from orchestrator.testbed.base import Testbed
 
@@ -42,54 +41,27 @@ def create(root: Path, scenario: Scenario, base: RunConfig, repeat: int) -> Path
 
 
 def pending(sweep_dir: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    data = results.read_json(sweep_dir / "sweep.json")
-    for i, p in enumerate(data["points"]):
+    for i, p in enumerate(PointFile(sweep_dir / "sweep.json").points()):
         if p["status"] != "complete":
             yield i, p
 
 
 def execute(tb: Testbed, sweep_dir: Path, progress: Progress | None = None,
             on_run: Callable[[Path], None] | None = None) -> list[Path]:
-    """Run every pending point; restore the testbed's link afterwards."""
-    data = results.read_json(sweep_dir / "sweep.json")
+    """Run every pending point, each on the link it sets (the testbed's own link after)."""
+    points = PointFile(sweep_dir / "sweep.json")
+    data = points.read()
     scenario = Scenario.model_validate(data["scenario"])
     base = data["base"]
-    saved = (tb.bottleneck.rate_bps, tb.bottleneck.rtt_s, tb.extra.get("buffer_spec"))
     done = []
-    try:
-        for i, p in pending(sweep_dir):
-            point = p["point"]
-            _apply_link(tb, point)
-            config = RunConfig(policy=point.get("policy", base["policy"]),
-                               datapath=point.get("datapath", base["datapath"]),
-                               policy_args=base["policy_args"], duration_s=base["duration_s"],
-                               seed=p["seed"], results_root=sweep_dir, label=point)
-            run = Run(tb, scenario, config)
-            try:
-                run_dir = run.execute(progress)
-                _set(sweep_dir, i, run=run_dir.name, status="complete")
-            except BaseException:
-                if run.dir is not None:
-                    _set(sweep_dir, i, run=run.dir.name, status="aborted")
-                raise
-            done.append(run_dir)
-            if on_run:
-                on_run(run_dir)
-    finally:
-        if any(k in p["point"] for p in data["points"] for k in ("rate", "rtt", "buffer")):
-            link.reconfigure(tb, rate_bps=saved[0], rtt_s=saved[1], buffer=saved[2])
+    for i, p in pending(sweep_dir):
+        point = p["point"]
+        config = RunConfig(policy=point.get("policy", base["policy"]),
+                           datapath=point.get("datapath", base["datapath"]),
+                           policy_args=base["policy_args"], duration_s=base["duration_s"],
+                           seed=p["seed"], results_root=sweep_dir, label=point)
+        run_dir = run_point(tb, points, i, scenario, config, point, progress)
+        done.append(run_dir)
+        if on_run:
+            on_run(run_dir)
     return done
-
-
-def _apply_link(tb: Testbed, point: dict[str, Any]) -> None:
-    if not any(k in point for k in ("rate", "rtt", "buffer")):
-        return
-    link.reconfigure(tb, rate_bps=units.rate_bps(point["rate"]) if "rate" in point else None,
-                     rtt_s=units.seconds(point["rtt"]) if "rtt" in point else None,
-                     buffer=point.get("buffer"))
-
-
-def _set(sweep_dir: Path, index: int, **values: Any) -> None:
-    data = results.read_json(sweep_dir / "sweep.json")
-    data["points"][index].update(values)
-    results.write_json(sweep_dir / "sweep.json", data)
