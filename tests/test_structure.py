@@ -47,6 +47,14 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
                 t = t.rpartition(".")[0]
             if t and t != name:
                 out.add(t)
+    # importing a.b.c runs a/__init__ and a/b/__init__ first: those count too, but not the
+    # importer's own packages (they are being imported already when it runs)
+    for t in list(out):
+        parts = t.split(".")
+        for i in range(1, len(parts)):
+            parent = ".".join(parts[:i])
+            if parent in known and parent != name and not name.startswith(parent + "."):
+                out.add(parent)
     return out
 
 

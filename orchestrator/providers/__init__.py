@@ -10,17 +10,19 @@ from __future__ import annotations
 import importlib
 import logging
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from orchestrator.errors import UserError
+from orchestrator.spec.schema import Provider
 from orchestrator.testbed import state
 
 if TYPE_CHECKING:
     from orchestrator.spec.schema import Spec
     from orchestrator.testbed.base import Testbed
 
-# name -> module with TESTBED (the class), up(spec), down(name, tb) and leftover_names()
-PROVIDERS = {"netns": "orchestrator.providers.netns", "ssh": "orchestrator.providers.ssh"}
+# name -> the module with TESTBED (the class), up(spec), down(name, tb) and leftover_names();
+# the names are the ones a testbed file may give (spec.schema.Provider)
+PROVIDERS = {name: f"orchestrator.providers.{name}" for name in get_args(Provider)}
 log = logging.getLogger(__name__)
 
 

@@ -23,6 +23,10 @@ from orchestrator.spec.ssh import SshHost, SshSettings, Strict
 # short alphabet: interface names are at most 15 bytes.
 CC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
 
+# The providers a testbed file may name, listed once: the registry (orchestrator.providers)
+# finds each as the module orchestrator.providers.<name>.
+Provider = Literal["netns", "ssh"]
+
 
 class TcpSettings(Strict):
     cc: str = Field("cubic", description="congestion control for this host's sockets")
@@ -159,7 +163,7 @@ class Spec(Strict):
     links: list[LinkSpec]
     scenario: Scenario | None = None
     # netns: namespaces on this machine; ssh: existing machines, set up with Ansible
-    provider: Literal["netns", "ssh"] = "netns"
+    provider: Provider = "netns"
     ssh: SshSettings | None = None
     source: str = ""  # the file it came from (filled in by load)
 
