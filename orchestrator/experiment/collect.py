@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.bottleneck import DEFAULT_DATAPATH
 from orchestrator.errors import SpecError, UserError
 from orchestrator.experiment import results
 from orchestrator.experiment.points import LINK_KEYS, PointFile, is_complete, run_point
@@ -41,7 +42,7 @@ class Matrix(BaseModel):
     model_config = ConfigDict(extra="forbid")
     duration: str = "15s"
     seed: int = 1
-    datapath: str = "nfqueue"
+    datapath: str = DEFAULT_DATAPATH
     behaviours: list[str] = ["dualpi2", "pie", "pi2", "red", "codel"]
     exploration: dict[str, float] = {"epsilon": 0.2, "spread": 4.0, "hold": 4}
     rate: list[str] = ["10mbit", "50mbit", "100mbit"]

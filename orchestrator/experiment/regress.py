@@ -35,6 +35,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from orchestrator.bottleneck import DEFAULT_DATAPATH
 from orchestrator.errors import POLICY_ERRORS, SpecError, UserError
 from orchestrator.spec import units
 from orchestrator.spec.load import load_model, read_yaml, validate
@@ -85,7 +86,7 @@ class Suite(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
     duration: str = "8s"
-    datapath: str = "nfqueue"
+    datapath: str = DEFAULT_DATAPATH
     seed: int = 1
     metrics: dict[str, Tolerance]
     cases: list[Case]

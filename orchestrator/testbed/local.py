@@ -42,14 +42,6 @@ class LocalTestbed(Testbed):
         files copied (none when they already are local)."""
         return []
 
-    def fetch(self, host: str, remote_dir: str, local_dir: str | Path) -> list[Path]:
-        """collect(), then remove remote_dir on the host, so a long sweep does not fill a
-        remote disk (nothing is removed where remote_dir is local_dir itself)."""
-        files = self.collect(host, remote_dir, local_dir)
-        if Path(remote_dir).resolve() != Path(local_dir).resolve():
-            self.run(host, ["rm", "-rf", remote_dir], check=False)
-        return files
-
     def put(self, host: str, path: str, data: str | bytes, mode: int = 0o600) -> None:
         """Write a file on host (parents made); here the host sees this filesystem."""
         target = Path(path)
