@@ -21,7 +21,7 @@ from orchestrator.bottleneck import DEFAULT_DATAPATH
 from orchestrator.errors import SpecError, UserError
 from orchestrator.experiment import results
 from orchestrator.experiment.points import LINK_KEYS, PointFile, is_complete, run_point
-from orchestrator.experiment.run import RunConfig
+from orchestrator.experiment.run import Run, RunConfig
 from orchestrator.spec import units
 from orchestrator.spec.load import load_model
 from orchestrator.spec.scenario import FlowSpec, Scenario
@@ -139,8 +139,8 @@ def collect(tb: Testbed, out: Path, progress: Callable[[str, float], None] | Non
         config = RunConfig(policy=point["behaviour"], datapath=matrix.datapath, seed=point["seed"],
                            results_root=out / "runs", explore=matrix.exploration,
                            label={"scenario": point["name"]})
-        run_point(tb, points, i, scenario_of(point, tb, matrix.duration), config,
-                  _link(point), progress)
+        run_point(points, i, Run(tb, scenario_of(point, tb, matrix.duration), config), _link(point),
+                  progress)
     runs = [out / "runs" / p["run"] for p in points.points() if is_complete(p) and not p["held_out"]]
     if not runs:
         raise UserError("no training runs: every scenario is held out")
@@ -161,10 +161,10 @@ def evaluate(tb: Testbed, out: Path, policies: list[tuple[str, dict[str, Any]]],
             config = RunConfig(policy=name, policy_args=args, datapath=matrix.datapath,
                                seed=1000 + rep, results_root=out / "eval",
                                label={"scenario": point["name"], "repeat": rep})
+            run = Run(tb, scenario_of(point, tb, matrix.duration), config)
             index = evaluations.append({"scenario": point["name"], "policy": name, "repeat": rep,
                                         "run": None, "status": "pending"})
-            run_point(tb, evaluations, index, scenario_of(point, tb, matrix.duration), config,
-                      _link(point), progress)
+            run_point(evaluations, index, run, _link(point), progress)
             done.add((point["name"], name, rep))
     return [e for e in evaluations.points()
             if is_complete(e) and any(e["policy"] == n for n, _ in policies)]

@@ -16,9 +16,8 @@ from typing import Any
 
 from orchestrator.bottleneck import shaping
 from orchestrator.experiment import results
-from orchestrator.experiment.run import Progress, Run, RunConfig
+from orchestrator.experiment.run import Progress, Run
 from orchestrator.spec import units
-from orchestrator.spec.scenario import Scenario
 from orchestrator.testbed.base import Testbed
 
 LINK_KEYS = ("rate", "rtt", "buffer")
@@ -73,12 +72,12 @@ class PointFile:
         return len(state[self.key]) - 1
 
 
-def run_point(tb: Testbed, points: PointFile, index: int, scenario: Scenario, config: RunConfig,
-              link: Mapping[str, Any], progress: Progress | None = None) -> Path:
-    """Run point `index` on the link it sets; record its run directory and status (also when
-    it is aborted, so the series shows what happened). Returns the run directory."""
-    with link_settings(tb, link):
-        run = Run(tb, scenario, config)
+def run_point(points: PointFile, index: int, run: Run, link: Mapping[str, Any],
+              progress: Progress | None = None) -> Path:
+    """Run point `index` (its Run is built and checked by the caller) on the link it sets;
+    record its run directory and status (also when it is aborted, so the series shows what
+    happened). Returns the run directory."""
+    with link_settings(run.tb, link):
         try:
             run_dir = run.execute(progress)
         except BaseException:

@@ -263,30 +263,35 @@ def run_suite(tb: Any, suite: Suite, out_dir: Path,
               on_run: Callable[[str, Path | None, str], None] | None = None) -> dict[str, dict[str, Any]]:
     """Run every case x policy on tb; returns {case/policy: {metric: value, _status, _run}}.
     A run that fails is recorded as failed and the suite goes on."""
+    from orchestrator.experiment.points import PointFile, run_point
     from orchestrator.experiment.run import Run, RunConfig
 
     current: dict[str, dict[str, Any]] = {}
     scenarios = {c.name: load_scenario(c, suite, tb) for c in suite.cases}  # all errors first
-    for case in suite.cases:
-        for policy in case.policies:
-            key = f"{case.name}/{policy}"
-            config = RunConfig(policy=policy, datapath=case.datapath or suite.datapath,
-                               policy_args=dict(case.policy_args),
-                               duration_s=units.seconds(case.duration or suite.duration), seed=suite.seed,
-                               results_root=out_dir, label={"suite": suite.name, "case": case.name})
-            run = Run(tb, scenarios[case.name], config)
-            status, run_dir = "failed", None
-            try:
-                run_dir = run.execute(progress)
-                summary = _summary(run_dir)
-                status = summary.get("status", "aborted") if summary else "no summary"
-            except (UserError, *POLICY_ERRORS, OSError, RuntimeError) as e:
-                run_dir, summary = run.dir, {}
-                status = f"failed: {e}"
-            values = {m: metric(summary, m) for m in suite.tolerances(case)}
-            current[key] = {**values, "_status": status, "_run": str(run_dir) if run_dir else None}
-            if on_run:
-                on_run(key, run_dir, status)
+    # every case x policy is a point of the series, so regress.json shows what ran and how
+    todo = [(case, policy) for case in suite.cases for policy in case.policies]
+    points = PointFile(out_dir / "regress.json")
+    points.write({"suite": suite.name, "points": [
+        {"case": case.name, "policy": policy, "run": None, "status": "pending"} for case, policy in todo]})
+    for index, (case, policy) in enumerate(todo):
+        key = f"{case.name}/{policy}"
+        config = RunConfig(policy=policy, datapath=case.datapath or suite.datapath,
+                           policy_args=dict(case.policy_args),
+                           duration_s=units.seconds(case.duration or suite.duration), seed=suite.seed,
+                           results_root=out_dir, label={"suite": suite.name, "case": case.name})
+        run = Run(tb, scenarios[case.name], config)
+        try:
+            run_dir: Path | None = run_point(points, index, run, {}, progress)
+            summary = _summary(run_dir)
+            status = summary.get("status", "aborted") if summary else "no summary"
+        except (UserError, *POLICY_ERRORS, OSError, RuntimeError) as e:
+            # a failed run is a result of the suite, and the suite goes on
+            run_dir, summary = run.dir, {}
+            status = f"failed: {e}"
+        values = {m: metric(summary, m) for m in suite.tolerances(case)}
+        current[key] = {**values, "_status": status, "_run": str(run_dir) if run_dir else None}
+        if on_run:
+            on_run(key, run_dir, status)
     return current
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from orchestrator.experiment import results
 from orchestrator.experiment.points import PointFile, run_point
-from orchestrator.experiment.run import Progress, RunConfig
+from orchestrator.experiment.run import Progress, Run, RunConfig
 from orchestrator.spec.scenario import Scenario
 from orchestrator.testbed.base import Testbed
 
@@ -60,7 +60,7 @@ def execute(tb: Testbed, sweep_dir: Path, progress: Progress | None = None,
                            datapath=point.get("datapath", base["datapath"]),
                            policy_args=base["policy_args"], duration_s=base["duration_s"],
                            seed=p["seed"], results_root=sweep_dir, label=point)
-        run_dir = run_point(tb, points, i, scenario, config, point, progress)
+        run_dir = run_point(points, i, Run(tb, scenario, config), point, progress)
         done.append(run_dir)
         if on_run:
             on_run(run_dir)
