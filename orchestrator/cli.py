@@ -57,7 +57,8 @@ def down(name: str | None, all_: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
 def status(name: str | None, as_json: bool) -> None:
     """Show the testbeds that are up: hosts, roles, addresses, links, processes."""
-    from orchestrator.testbed.status import describe, render
+    from orchestrator.commands.view import render_status
+    from orchestrator.testbed.status import describe
 
     names = [testbed_name(name)] if name is not None else state.names_up()
     info = [describe(providers.load(n)) for n in names]
@@ -67,7 +68,7 @@ def status(name: str | None, as_json: bool) -> None:
         click.echo("no testbed is up")
     else:
         for item in info:
-            click.echo(render(item))
+            click.echo(render_status(item))
 
 
 @cli.command(name="exec", context_settings={"ignore_unknown_options": True})

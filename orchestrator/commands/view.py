@@ -88,3 +88,25 @@ def print_summary(run_dir: Path, as_json: bool = False) -> None:
               f"   missed deadlines {_fmt(summary.get('missed_deadlines'))}")
     report = run_dir / "report.html"
     out.print(f"results: {run_dir}" + (f"\nreport:  {report}" if report.exists() else ""))
+
+
+def render_status(info: dict[str, Any]) -> str:
+    """`testbed status` of one testbed (testbed.status.describe) as text."""
+    bn = info["bottleneck"]
+    lines = [f"testbed {info['name']} ({info['provider']}, {info['status']})",
+             f"  bottleneck {bn['router']}:{bn['egress']}  {bn['rate_mbps']:g} Mbit/s  "
+             f"RTT {bn['rtt_ms']:g} ms  buffer {bn['buffer_pkts']} pkts  delay by {bn['delay_mode']}",
+             "  hosts:"]
+    for h in info["hosts"]:
+        lines.append(f"    {h['name']:<10} {h['role']:<9} {', '.join(h['addresses'])}")
+    lines.append("  links:")
+    for lk in info["links"]:
+        mark = "  <- bottleneck" if lk["bottleneck"] else ""
+        lines.append(f"    {lk['a']}:{lk['a_iface']} {lk['a_addr']} <-> {lk['b']} {lk['b_addr']}{mark}")
+    lines.append("  processes:")
+    for p in info["processes"] or []:
+        state = "running" if p["alive"] else "gone"
+        lines.append(f"    {p['host']:<10} pid {p['pid']:<8} {p['tag']:<14} {state}")
+    if not info["processes"]:
+        lines.append("    (none)")
+    return "\n".join(lines)
