@@ -97,6 +97,11 @@ class Process:
     start: int = 0
 
 
+def sysctl_argv(key: str, value: str | int, os_: str = "linux") -> list[str]:
+    """The command that sets a sysctl: Linux's sysctl needs -w (-q: quiet), FreeBSD's not."""
+    return [*(["sysctl", "-q", "-w"] if os_ == "linux" else ["sysctl"]), f"{key}={value}"]
+
+
 def start_time(pid: int) -> int | None:
     """Field 22 of /proc/PID/stat (start time in ticks since boot), or None if pid is gone."""
     try:
@@ -239,8 +244,12 @@ class Testbed:
             raise UserError(f"no host {name!r} in testbed {self.name!r} "
                             f"(hosts: {', '.join(self.hosts)})") from None
 
+    def os_of(self, host: str) -> str:
+        """The host's operating system: 'linux' unless a provider knows otherwise."""
+        return "linux"
+
     def sysctl(self, host: str, key: str, value: str | int) -> None:
-        self.run(host, ["sysctl", "-q", "-w", f"{key}={value}"])
+        self.run(host, sysctl_argv(key, value, self.os_of(host)))
 
     def spec(self) -> Any:
         from orchestrator.spec.schema import Spec

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.errors import UserError
-from orchestrator.testbed.base import Bottleneck, Host
+from orchestrator.testbed.base import Bottleneck, Host, sysctl_argv
 
 RULE_SET = 7  # every rule of the testbed is in this ipfw set
 RULE_DIVERT = 10050
@@ -273,4 +273,4 @@ def cc_module_commands(cc: str, available: list[str]) -> list[list[str]]:
 
 
 def sysctl_command(key: str, value: str) -> list[str]:
-    return ["sysctl", f"{key}={value}"]
+    return sysctl_argv(key, value, "freebsd")

@@ -247,11 +247,8 @@ class SshTestbed(Testbed):
     def location(self, host: str) -> str:
         return self.endpoint(host).where
 
-    def sysctl(self, host: str, key: str, value: str | int) -> None:
-        if self.endpoint(host).os == "freebsd":
-            self.run(host, ["sysctl", f"{key}={value}"])
-        else:
-            super().sysctl(host, key, value)
+    def os_of(self, host: str) -> str:
+        return self.endpoint(host).os
 
     # ---- the multiplexed connection
     def start_master(self, host: str) -> None:
