@@ -20,10 +20,11 @@ def collect(matrix: str, out: str, name: str | None) -> None:
     from orchestrator import providers
     from orchestrator.commands.view import RunProgress
     from orchestrator.experiment import collect as col
+    from orchestrator.experiment.points import is_complete
 
     tb = providers.load(name)
     state = col.start(matrix, Path(out))
-    todo = [p for p in state["points"] if not p["held_out"] and not p["run"]]
+    todo = [p for p in state["points"] if not p["held_out"] and not is_complete(p)]
     click.echo(f"{len(todo)} scenarios to run, {sum(p['held_out'] for p in state['points'])} held out")
     with RunProgress() as progress:
         pool = col.collect(tb, Path(out), progress.update)
