@@ -30,7 +30,8 @@ def test_reward_matches_its_documented_figures():
     5 % loss 0.10, against at most 1.0 of utilisation' (a = b = 0.2, c = 2, refs 1 and 15 ms)."""
     full = float(reward_columns(_row()))
     assert full == pytest.approx(1.0)
-    assert full - float(reward_columns(_row(l4s_sojourn_ms=5.0))) == pytest.approx(0.2 * math.log(6), abs=1e-9)
+    l4s_5ms = full - float(reward_columns(_row(l4s_sojourn_ms=5.0)))
+    assert l4s_5ms == pytest.approx(0.2 * math.log(6), abs=1e-9)
     assert full - float(reward_columns(_row(l4s_sojourn_ms=5.0))) == pytest.approx(0.36, abs=0.005)
     assert full - float(reward_columns(_row(classic_sojourn_ms=60.0))) == pytest.approx(0.32, abs=0.005)
     assert full - float(reward_columns(_row(l4s_drops=50, classic_drops=50))) == pytest.approx(0.10)
@@ -110,3 +111,28 @@ def test_tcp_info_offsets_match_what_the_kernel_reports_through_ss():
     assert info["bytes_received"] == int(re.search(r"\bbytes_received:(\d+)", text).group(1))
     assert info["min_rtt_us"] / 1000 == pytest.approx(float(re.search(r"\bminrtt:([0-9.]+)", text).group(1)),
                                                       abs=0.0015)
+
+
+@pytest.mark.parametrize("tos,cls", [(1, "l4s"), (2, "classic")])
+def test_nfqueue_link_marks_the_fraction_it_is_told(tos, cls):
+    """20,000 ECN-capable packets at p_mark = 0.2: the CE fraction is 0.2 within 5 standard
+    errors (0.014), so a squared or halved probability (0.04, 0.1) cannot pass."""
+    from orchestrator.bottleneck import nfqueue_link as nl
+    from policies.base import ClassDecision, Decision, QueueConfig
+
+    from test_nfqueue_link import Pkt, udp
+
+    link = nl.Link(1e9, QueueConfig(dualq=True), 10**6, math.inf, min_backlog_bytes=0)
+    link.apply(Decision(**{cls: ClassDecision(p_mark=0.2)}))
+    data = udp(tos=tos)
+    pkts = [Pkt(data) for _ in range(20000)]
+    now = 0.0
+    for p in pkts:
+        link.arrive(p, now)
+        link.serve(now)
+        now += 1e-5
+    while (wake := link.serve(now)) is not None:
+        now = wake
+    assert all(p.verdict == "accept" for p in pkts)
+    frac = sum(p.out[1] & 3 == 3 for p in pkts) / len(pkts)
+    assert frac == pytest.approx(0.2, abs=0.014)
