@@ -102,7 +102,6 @@ def test_capture_points(paper_testbed):
         resolve(paper_testbed, ["zz"])
 
 
-@pytest.mark.skipif(bpfbuild.toolchain_missing() is not None, reason="needs clang and bpftool")
 def test_bpf_objects_build_with_their_parameters():
     cc = bpfbuild.build("scalable_cc.bpf.c", {"CC_NAME": "l4s_unit", "CC_FLAGS": "0x6"})
     again = bpfbuild.build("scalable_cc.bpf.c", {"CC_NAME": "l4s_unit", "CC_FLAGS": "0x6"})
