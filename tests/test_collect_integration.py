@@ -30,7 +30,7 @@ held_out: {held}
 
 def _plan(tmp_path, seed: int, sample: int = 8, held: int = 3) -> dict:
     """The split as `collect` records it, from a plan-only start (no testbed needed)."""
-    from orchestrator import collect as col
+    from orchestrator.experiment import collect as col
 
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / f"m{seed}-{sample}-{held}.yaml"
@@ -69,7 +69,7 @@ def test_collect_keeps_held_out_scenarios_out_of_the_pool(netns_testbed, tmp_pat
     assert set(pool["scenario"]) == train, "the pool must hold exactly the training scenarios"
     assert pool["episode"].nunique() == 2 and len(pool) > 50
     # the link is restored after the collection (the scenarios ran at 10 and 20 Mbit/s, 10/20 ms)
-    from orchestrator import testbed as tbmod
+    from orchestrator import providers as tbmod
 
     bn = tbmod.load(tb.name).bottleneck
     assert (bn.rate_bps, round(bn.rtt_s, 6)) == (20e6, 0.02)
