@@ -15,6 +15,7 @@ import json
 import shlex
 import subprocess
 from collections.abc import Mapping
+from pathlib import Path
 
 from orchestrator.spec import units
 from orchestrator.testbed.base import Bottleneck, Host, Testbed
@@ -23,6 +24,7 @@ from orchestrator.testbed.base import Bottleneck, Host, Testbed
 # (providers/ssh/hostvars.py); check=False marks one that may fail (a delete of nothing)
 Step = tuple[str, list[str], bool]
 
+REPO = Path(__file__).resolve().parents[2]
 DELAY_QUEUE_FORWARD = 0
 DELAY_QUEUE_REVERSE = 1
 
@@ -121,8 +123,10 @@ def _delay_line(tb: Testbed) -> None:
     tb.put(bn.router, path, json.dumps(delay_config(tb)))
     log_path = tb.state_dir / "delayline.log"
     with open(log_path, "wb") as log:  # the process's stdout, through ssh on remote routers
+        # run from the project (its place on the router, for ssh) so `-m` finds this checkout's
+        # modules, as the nfqueue link does
         proc = tb.popen(bn.router, [tb.python(bn.router), "-m", "orchestrator.bottleneck.delayline", path],
-                        tag="delayline", stdout=log, stderr=subprocess.STDOUT)
+                        tag="delayline", stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     _wait_ready(tb, proc, log_path)
     for rule in delay_rules(tb):
         tb.run(bn.router, ["iptables", "-t", "mangle", "-A", *rule])
