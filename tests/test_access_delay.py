@@ -1,5 +1,5 @@
 """Sweep keys delay.<host>: each flow its own base RTT through its access link, changed in
-place between sweep points (orchestrator/access_delay.py). Checked with ping through a real
+place between sweep points (orchestrator/bottleneck/access_delay.py). Checked with ping through a real
 testbed: the RTT seen from s1 is the bottleneck's plus twice s1's access delay."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import statistics
 
 import pytest
 
-from orchestrator import access_delay
+from orchestrator.bottleneck import access_delay
 from orchestrator.errors import SpecError
-from orchestrator.scenario import Scenario
-from orchestrator.spec import Spec
+from orchestrator.spec.scenario import Scenario
+from orchestrator.spec.schema import Spec
 
 from conftest import dumbbell_yaml, needs_root, unique_name
 
@@ -24,11 +24,11 @@ def test_scenario_accepts_delay_of_a_sender_and_refuses_others(tmp_path):
     path.write_text(dumbbell_yaml("chk"))
     spec = Spec.model_validate(yaml.safe_load(path.read_text()))
     flows = [{"name": "a", "kind": "tcp", "src": "s1", "dst": "rx"}]
-    Scenario.model_validate({"flows": flows, "sweep": {"delay.s1": ["0ms", "35ms"]}}).check(spec, "x")
+    Scenario.model_validate({"flows": flows, "sweep": {"delay.s1": ["0ms", "35ms"]}}).check(spec.roles(), "x")
     for sweep, where in (({"delay.r1": ["5ms"]}, "delay.r1"), ({"delay.zz": ["5ms"]}, "delay.zz"),
                          ({"delay.s1": ["-5ms"]}, "delay.s1[0]")):
         with pytest.raises(SpecError, match=re.escape(where)):
-            Scenario.model_validate({"flows": flows, "sweep": sweep}).check(spec, "x")
+            Scenario.model_validate({"flows": flows, "sweep": sweep}).check(spec.roles(), "x")
 
 
 def ping_ms(tb, host: str) -> float:

@@ -6,10 +6,10 @@ payloads the link handed back, not from its counters."""
 
 from __future__ import annotations
 
-from test_nfqueue_link import Pkt, make_link, run_until, udp
-
 from orchestrator.bottleneck import nfqueue_link as nl
 from policies.base import ClassDecision, Decision
+
+from test_nfqueue_link import Pkt, make_link, run_until, udp
 
 ECT0, ECT1, CE = 2, 1, 3
 

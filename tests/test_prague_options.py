@@ -17,8 +17,8 @@ import policies
 from orchestrator import workloads
 from orchestrator.analysis.pcap import read_pcap
 from orchestrator.bottleneck.nfqueue import NfqueueDatapath
-from orchestrator.capture import Capture
-from orchestrator.scenario import FlowSpec, Scenario
+from orchestrator.experiment.capture import Capture
+from orchestrator.spec.scenario import FlowSpec, Scenario
 from orchestrator.workloads import prague, tcpinfo
 
 from conftest import needs_root, unique_name

@@ -12,7 +12,7 @@ import pytest
 import policies
 from orchestrator import workloads
 from orchestrator.bottleneck.nfqueue import NfqueueDatapath
-from orchestrator.scenario import FlowSpec
+from orchestrator.spec.scenario import FlowSpec
 from orchestrator.workloads.tcpinfo import COLUMNS
 
 from conftest import dumbbell_yaml, needs_root, unique_name

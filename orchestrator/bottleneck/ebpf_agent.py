@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 
 from orchestrator.bottleneck import bpfobj
+from orchestrator.bottleneck.control import ControlLoop
 from orchestrator.bottleneck.packetlog import write_part
 from orchestrator.bottleneck.ringbuf import RingReader
-from orchestrator.control import ControlLoop
 from policies.base import ClassState, Decision, QueueState
 
 CLS_CFG_DT = np.dtype([("p_drop", "<u4"), ("p_mark", "<u4"), ("step_ns", "<u8")])
@@ -274,11 +274,7 @@ def run(cfg: dict[str, Any]) -> None:
     import policies
 
     pin, out = Path(cfg["pin_dir"]), Path(cfg["out_dir"])
-    policy = policies.make(cfg["policy"], cfg.get("policy_args", {}))
-    if cfg.get("explore"):
-        from policies.explore import Explore
-
-        policy = Explore(policy, **cfg["explore"])
+    policy = policies.from_config(cfg)
     maps = Maps(pin)
     reader = StateReader(maps, cfg["link_rate_bps"])
     log = RecordLog(open_ring(pin), out / "packets", packet_meta(cfg))
