@@ -12,6 +12,7 @@ from typing import Any
 
 from policies.base import ParamError, Policy
 from policies.codel import Codel
+from policies.constant import Constant
 from policies.dualpi2 import DualPi2
 from policies.fifo import Fifo
 from policies.pi2 import Pi2
@@ -101,7 +102,7 @@ def describe() -> list[dict[str, Any]]:
     return out
 
 
-for _cls in (Fifo, Red, Codel, Pie, Pi2, DualPi2):
+for _cls in (Fifo, Red, Codel, Pie, Pi2, DualPi2, Constant):
     register(_cls)
 # the AQM-LLM policies (policies/aqm_llm/) import torch: registered by path, imported on use
 register("policies.aqm_llm.policy:AqmLlmPolicy", "aqm-llm")

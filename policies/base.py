@@ -150,6 +150,9 @@ class QueueConfig:
     c_protection: float = 0.10  # share of the link the C queue is guaranteed (RFC 9332 WRR)
     limit_pkts: int | None = None  # None: the testbed's buffer
     tupdate_s: float = 0.016
+    # no drop or mark while the backlog is below this (bytes); None: the datapath's default,
+    # 2 MTU as in Linux sch_dualpi2 and PIE
+    min_backlog_bytes: int | None = None
 
 
 @dataclass

@@ -110,6 +110,7 @@ class EbpfDatapath(Datapath):
             "sample_every": self._sample_every(bn.rate_bps),
             **policies.to_config(policy, self.seed),
             "tupdate_s": qc.tupdate_s,
+            **({} if qc.min_backlog_bytes is None else {"min_backlog_bytes": qc.min_backlog_bytes}),
             "out_dir": tel, "stats_file": f"{tel}/ebpf-agent-stats.json",
         }
 

@@ -111,7 +111,8 @@ class LinkDaemon:
         limit_pkts, limit_bytes = buffer_limits(config, qcfg)
         self.link = Link(config["rate_bps"], qcfg, limit_pkts, limit_bytes, self.policy,
                          self.log, self.offset, self.start,
-                         config.get("min_backlog_bytes", 2 * WIRE_MTU))
+                         qcfg.min_backlog_bytes if qcfg.min_backlog_bytes is not None
+                         else config.get("min_backlog_bytes", 2 * WIRE_MTU))
         loop = ControlLoop(self.policy, qcfg.tupdate_s, tel / "control")
         self.control = Controller(loop, self.link, self.start, self.offset)
         self.clock = ArrivalClock(bool(config.get("kernel_timestamps", True)))
