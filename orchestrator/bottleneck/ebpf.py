@@ -60,9 +60,10 @@ class EbpfDatapath(Datapath):
     name = "ebpf"
 
     def __init__(self, testbed: Testbed, seed: int | None = None,
-                 sample_rate: float | None = None) -> None:
+                 sample_rate: float | None = None, l_borrows: bool = True) -> None:
         super().__init__(testbed, seed)
         self.sample_rate = sample_rate
+        self.l_borrows = l_borrows
         self.agent: subprocess.Popen | None = None
         self.cfg: dict[str, Any] = {}
         self.cfg_path: str | None = None  # on the router
@@ -129,7 +130,13 @@ class EbpfDatapath(Datapath):
         run(["qdisc", "add", "dev", bn.egress, "root", "handle", "1:", "htb", "default", "12"])
         run(["class", "add", "dev", bn.egress, "parent", "1:", "classid", "1:1", "htb",
              "rate", _bits(rate), "ceil", _bits(rate)])
-        for classid, share, prio in ((CLASS_L, 1 - c_protection, "0"), (CLASS_C, c_protection, "1")):
+        # L owns (almost) no rate of its own: it borrows the link's, so an L packet waits until
+        # the link's bucket has paid for the packet sent before it (the classic packet "in
+        # service"), as under sch_dualpi2 beneath a shaper. With its own (1-c)R bucket an L
+        # packet passed at once, ahead of the link's rate, and its sojourn was ~0 (README,
+        # "Crosscheck"). `l_borrows=False` gives that older shape back.
+        l_share = 0.0 if self.l_borrows else 1 - c_protection
+        for classid, share, prio in ((CLASS_L, l_share, "0"), (CLASS_C, c_protection, "1")):
             run(["class", "add", "dev", bn.egress, "parent", "1:1", "classid", classid, "htb",
                  "rate", _bits(max(share * rate, MIN_RATE_BPS)), "ceil", _bits(rate), "prio", prio])
             run(["qdisc", "add", "dev", bn.egress, "parent", classid,

@@ -1,0 +1,216 @@
+"""Do two datapaths give the same answer? Figures of a crosscheck directory, side by side.
+
+A crosscheck (`orchestrator/experiment/crosscheck.py`) runs one scenario and policy on several
+datapaths, each repeated. Here, per datapath: utilisation, per-class delay percentiles, mark
+and drop rates and the L4S/classic rate ratio (mean and range over the repetitions); per
+class and pair of datapaths: the Wasserstein-1 distance (ms) and the Kolmogorov-Smirnov
+statistic of the per-packet sojourn distributions (repetitions pooled), next to the same
+distances between repetitions of one datapath (its run-to-run spread, the yardstick).
+
+The verdict compares each datapath with the reference (the first) on the figures of
+TOLERANCES. Why each tolerance is what it is (measured on this machine, 2 loaded cores,
+default testbed 50 Mbit/s, 20 ms, L4S + CUBIC, 10 s runs; README "Crosscheck"):
+
+- utilisation, 0.02 absolute: one datapath against itself spreads 0.004-0.01 between runs
+  (0.986-0.989 on nfqueue, 0.98-0.99 on ebpf); a datapath that shapes 2% off its rate is a
+  real difference (the link is the experiment's denominator).
+- classic p50 delay, 30% of the reference: CUBIC's sawtooth against PI2 moves the classic
+  median by 10-20% between runs of one datapath (12.7-15 ms).
+- L4S p99 delay, 0.5 ms absolute: the figure the L queue exists for; 0.5 ms is two full-size
+  packets at 50 Mbit/s and about half of the 1 ms step. Run-to-run spread of one datapath is
+  0.1-0.3 ms (pacing bursts, this machine's scheduling).
+- L4S/classic rate ratio, 35% of the reference: one 10 s run of two flows moves the ratio by
+  10-30% on one datapath (who wins the first seconds); a datapath that halves or doubles the
+  L4S share is caught.
+- W1 of a class's sojourn distribution: at most max(floor, 3 x the larger self-W1 of the two
+  datapaths) (floors 0.2 ms L4S, 2 ms classic): a distance three times what repetition alone
+  gives is a difference of mechanism, not noise.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from orchestrator.analysis import queue
+from orchestrator.analysis.rundir import RunDir, load_json
+from policies.base import CLASSES
+
+# figure -> (kind, tolerance): 'abs' |a - b| <= tol, 'rel' |a - b| <= tol * |reference|
+TOLERANCES: dict[str, tuple[str, float]] = {
+    "utilisation": ("abs", 0.02),
+    "classic_p50_ms": ("rel", 0.30),
+    "l4s_p99_ms": ("abs", 0.5),
+    "rate_ratio": ("rel", 0.35),
+}
+W1_FLOOR_MS = {"l4s": 0.2, "classic": 2.0}
+W1_NOISE_FACTOR = 3.0
+FIGURES = ("utilisation", "l4s_p50_ms", "l4s_p99_ms", "classic_p50_ms", "classic_p99_ms",
+           "l4s_mark_rate", "l4s_drop_rate", "classic_mark_rate", "classic_drop_rate",
+           "rate_ratio", "l4s_mbps", "classic_mbps")
+
+
+def wasserstein1(a: np.ndarray, b: np.ndarray) -> float:
+    """W1 between the empirical distributions of `a` and `b`: the integral of |F_a - F_b|."""
+    if a.size == 0 or b.size == 0:
+        return math.nan
+    a, b = np.sort(a), np.sort(b)
+    grid = np.concatenate([a, b])
+    grid.sort(kind="mergesort")
+    fa = np.searchsorted(a, grid[:-1], side="right") / a.size
+    fb = np.searchsorted(b, grid[:-1], side="right") / b.size
+    return float(np.sum(np.abs(fa - fb) * np.diff(grid)))
+
+
+def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: sup |F_a - F_b| over every sample point."""
+    if a.size == 0 or b.size == 0:
+        return math.nan
+    a, b = np.sort(a), np.sort(b)
+    grid = np.concatenate([a, b])
+    fa = np.searchsorted(a, grid, side="right") / a.size
+    fb = np.searchsorted(b, grid, side="right") / b.size
+    return float(np.max(np.abs(fa - fb)))
+
+
+@dataclass
+class RunFigures:
+    """One repetition on one datapath."""
+
+    datapath: str
+    run: str
+    figures: dict[str, float]
+    sojourn: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def run_figures(run_dir: Path) -> RunFigures:
+    """The figures of one run, from its telemetry and summary.json (NaN where missing)."""
+    run = RunDir(run_dir)
+    summary = load_json(run_dir / "summary.json")
+    pkts = run.packets()
+    counts = queue.counts(pkts, run.sample_rate)
+    delays = queue.delay_percentiles(pkts)
+    fig: dict[str, float] = {"utilisation": _num(summary.get("utilization")),
+                             "rate_ratio": _num(summary.get("l4s_classic_rate_ratio"))}
+    for cls in CLASSES:
+        fig[f"{cls}_p50_ms"] = delays[cls]["p50"]
+        fig[f"{cls}_p99_ms"] = delays[cls]["p99"]
+        arrivals = counts["arrivals"][cls]
+        fig[f"{cls}_mark_rate"] = counts["marks"][cls] / arrivals if arrivals else math.nan
+        fig[f"{cls}_drop_rate"] = counts["drops"][cls] / arrivals if arrivals else math.nan
+        fig[f"{cls}_mbps"] = sum(_num(f.get("goodput_mbps")) for f in summary.get("flows") or []
+                                 if f.get("cls") == cls) if summary.get("flows") else math.nan
+    return RunFigures(run.datapath or "?", run_dir.name, fig,
+                      {cls: queue.sojourn(pkts, cls) for cls in CLASSES})
+
+
+def _num(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+
+def self_w1(runs: Sequence[RunFigures], cls: str) -> float:
+    """The largest W1 between two repetitions of one datapath (NaN with fewer than two)."""
+    pairs = [wasserstein1(a.sojourn[cls], b.sojourn[cls]) for a, b in itertools.combinations(runs, 2)]
+    pairs = [p for p in pairs if math.isfinite(p)]
+    return max(pairs) if pairs else math.nan
+
+
+def within(name: str, value: float, reference: float) -> bool | None:
+    """Is `value` within the tolerance of `reference` for figure `name`? None if unknown."""
+    if not (math.isfinite(value) and math.isfinite(reference)):
+        return None
+    kind, tol = TOLERANCES[name]
+    return abs(value - reference) <= (tol * abs(reference) if kind == "rel" else tol)
+
+
+def compare(runs: Sequence[RunFigures], order: Sequence[str]) -> dict[str, Any]:
+    """Per-datapath aggregates, distances and the verdict; `order[0]` is the reference."""
+    by = {dp: [r for r in runs if r.datapath == dp] for dp in order}
+    by = {dp: rs for dp, rs in by.items() if rs}
+    agg = {dp: {f: _agg([r.figures[f] for r in rs]) for f in FIGURES} for dp, rs in by.items()}
+    pooled = {dp: {cls: np.concatenate([r.sojourn[cls] for r in rs]) for cls in CLASSES}
+              for dp, rs in by.items()}
+    noise = {dp: {cls: self_w1(rs, cls) for cls in CLASSES} for dp, rs in by.items()}
+    ref = next(iter(by), None)
+    checks, distances = [], []
+    for dp in by:
+        if dp == ref:
+            continue
+        for name in TOLERANCES:
+            ok = within(name, agg[dp][name]["mean"], agg[ref][name]["mean"])
+            checks.append({"datapath": dp, "figure": name, "reference": agg[ref][name]["mean"],
+                           "value": agg[dp][name]["mean"], "tolerance": _tol_text(name), "ok": ok})
+        for cls in CLASSES:
+            w1 = wasserstein1(pooled[ref][cls], pooled[dp][cls])
+            spread = [v for v in (noise[ref][cls], noise[dp][cls]) if math.isfinite(v)]
+            limit = max(W1_FLOOR_MS[cls], W1_NOISE_FACTOR * max(spread, default=0.0))
+            ok = None if not math.isfinite(w1) else w1 <= limit
+            distances.append({"datapath": dp, "cls": cls, "w1_ms": w1,
+                              "ks": ks_statistic(pooled[ref][cls], pooled[dp][cls]),
+                              "self_w1_ms_ref": noise[ref][cls], "self_w1_ms": noise[dp][cls],
+                              "w1_limit_ms": limit, "ok": ok})
+            checks.append({"datapath": dp, "figure": f"{cls}_w1_ms", "reference": 0.0, "value": w1,
+                           "tolerance": f"<= {limit:.3g} ms", "ok": ok})
+    known = [c["ok"] for c in checks if c["ok"] is not None]
+    verdict = "agree" if known and all(known) else "disagree" if known else "unknown"
+    return {"reference": ref, "datapaths": list(by), "repetitions": {dp: len(rs) for dp, rs in by.items()},
+            "figures": agg, "distances": distances, "checks": checks, "verdict": verdict}
+
+
+def _agg(values: list[float]) -> dict[str, float]:
+    v = np.array([x for x in values if math.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return {"mean": math.nan, "min": math.nan, "max": math.nan}
+    return {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max())}
+
+
+def _tol_text(name: str) -> str:
+    kind, tol = TOLERANCES[name]
+    return f"+-{tol:g}" if kind == "abs" else f"+-{tol:.0%}"
+
+
+def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per datapath and figure (mean, min, max over the repetitions): the CSV."""
+    return [{"datapath": dp, "figure": f, **stats} for dp, figs in result["figures"].items()
+            for f, stats in figs.items()]
+
+
+def lines(result: dict[str, Any], skipped: dict[str, str]) -> list[str]:
+    """The side-by-side table, distances, checks and verdict as text."""
+    dps = result["datapaths"]
+    heads = [f"{dp} ({result['repetitions'][dp]})" for dp in dps]
+    out = [f"{'figure':<20}" + "".join(f"{h:>26}" for h in heads)]
+    for f in FIGURES:
+        cells = []
+        for dp in dps:
+            s = result["figures"][dp][f]
+            cells.append(f"{_fmt(s['mean'])} [{_fmt(s['min'])}-{_fmt(s['max'])}]")
+        out.append(f"{f:<20}" + "".join(f"{c:>26}" for c in cells))
+    if result["distances"]:
+        out.append("")
+        out.append(f"sojourn distance to {result['reference']}: W1 ms (limit; self-W1 ref/this), KS")
+        for d in result["distances"]:
+            out.append(f"  {d['datapath']:<8} {d['cls']:<8} W1 {_fmt(d['w1_ms'])}"
+                       f" (<= {_fmt(d['w1_limit_ms'])}; {_fmt(d['self_w1_ms_ref'])}/{_fmt(d['self_w1_ms'])})"
+                       f"  KS {_fmt(d['ks'])}")
+    out.append("")
+    for c in result["checks"]:
+        mark = {True: "ok", False: "DIFFERS", None: "n/a"}[c["ok"]]
+        out.append(f"  {c['datapath']:<8} {c['figure']:<16} {_fmt(c['value'])} vs {_fmt(c['reference'])}"
+                   f" ({c['tolerance']}): {mark}")
+    for dp, why in skipped.items():
+        out.append(f"  {dp:<8} skipped: {why}")
+    out.append(f"verdict: {result['verdict']}")
+    return out
+
+
+def _fmt(v: float) -> str:
+    if not isinstance(v, (int, float)) or not math.isfinite(v):
+        return "-"
+    return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
