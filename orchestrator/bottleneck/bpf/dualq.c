@@ -30,11 +30,14 @@
  * Why the buffer limit is enforced here: every drop then has a record and a reason; the leaf
  * fifos are sized above the limit and do not overflow in practice.
  *
- * The step threshold is compared with the delay the packet is about to see, predicted from
- * the L backlog at the link rate (L is served first, so it drains at the link rate). That is
- * the sojourn the packet will have at dequeue, known one queue-length earlier than a measured
- * sojourn would be, so the L4S control loop does not lag by the queue it is trying to keep
- * short.
+ * The step threshold is compared with the delay the packet is about to see, predicted as the
+ * wait for the link's token bucket (the packet HTB sent last is still being paid for: the
+ * "packet in service" of a serialising link) plus the L backlog at the link rate (L is served
+ * first, so it drains at the link rate), strictly greater than the threshold as Linux's
+ * do_step_aqm(). That is the sojourn the packet will have at dequeue, known one queue-length
+ * earlier than a measured sojourn would be, so the L4S control loop does not lag by the queue
+ * it is trying to keep short. The L class owns no rate of its own (ebpf.py), so it borrows
+ * the link's and cannot overtake the link's bucket.
  *
  * The tracepoints are global (every device in every namespace), so they return early unless
  * the device is ours: ifindex and network-namespace inode from `dq_config`.
@@ -63,7 +66,7 @@
 struct cls_cfg {
 	__u32 p_drop;   /* probability * 2^32, saturated at 2^32 - 1 */
 	__u32 p_mark;
-	__u64 step_ns;  /* CE-mark when the predicted sojourn reaches this; 0 = off */
+	__u64 step_ns;  /* CE-mark when the predicted sojourn exceeds this; 0 = off */
 };
 
 struct config {
@@ -242,6 +245,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt_info *pi)
 struct leaf_cache {
 	__u64 root;     /* the root qdisc the leaves were found under */
 	__u64 leaf[2];  /* struct Qdisc * of the L and C leaves */
+	__u64 link;     /* struct htb_class * of the L class's parent: the link (1:1) */
 };
 
 struct {
@@ -273,8 +277,8 @@ extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
  * (fault-safe) memory loads, far cheaper than a bpf_probe_read_kernel() call each. */
 #define KPTR(type, p) ((type *)bpf_rdonly_cast((void *)(p), bpf_core_type_id_kernel(type)))
 
-/* htb_find(): qdisc_class_find(&q->clhash, classid) */
-static __always_inline __u64 htb_leaf(__u64 root, __u32 classid)
+/* htb_find(): qdisc_class_find(&q->clhash, classid); the class, 0 if absent */
+static __always_inline __u64 htb_class_of(__u64 root, __u32 classid)
 {
 	struct htb_sched *hq = KPTR(struct htb_sched,
 				    root + bpf_core_field_offset(struct Qdisc, privdata));
@@ -289,10 +293,37 @@ static __always_inline __u64 htb_leaf(__u64 root, __u32 classid)
 		struct htb_class *cl = KPTR(struct htb_class, (__u64)n -
 			bpf_core_field_offset(struct Qdisc_class_common, hnode));
 		if (cl->common.classid == classid)
-			return (__u64)cl->leaf.q;
+			return (__u64)cl;
 		n = n->next;
 	}
 	return 0;
+}
+
+static __always_inline __u64 htb_leaf(__u64 root, __u32 classid)
+{
+	__u64 cl = htb_class_of(root, classid);
+
+	return cl ? (__u64)KPTR(struct htb_class, cl)->leaf.q : 0;
+}
+
+/* How long (ns) until the link's token bucket has paid for what HTB already sent: the wait
+ * of an L packet that arrives now behind the packet "in service" (L borrows the link's rate,
+ * so it goes when the link's bucket is non-negative). htb_charge_class() keeps `tokens` in ns
+ * as of `t_c` (ktime_get_ns, the clock of bpf_ktime_get_ns); it refills at one ns per ns,
+ * up to `buffer`. */
+static __always_inline __u64 link_wait_ns(struct leaf_cache *lc, __u64 now)
+{
+	struct htb_class *link;
+	__s64 toks, elapsed;
+
+	if (!lc->link)
+		return 0;
+	link = KPTR(struct htb_class, lc->link);
+	elapsed = (__s64)(now - link->t_c);
+	if (elapsed < 0)
+		elapsed = 0;
+	toks = link->tokens + elapsed;
+	return toks < 0 ? (__u64)(-toks) : 0;
 }
 
 static __always_inline struct leaf_cache *leaves(struct config *cfg, __u64 root)
@@ -306,6 +337,9 @@ static __always_inline struct leaf_cache *leaves(struct config *cfg, __u64 root)
 		count_global(0);
 		lc->leaf[0] = htb_leaf(root, cfg->classid[0]);
 		lc->leaf[1] = htb_leaf(root, cfg->classid[1]);
+		lc->link = htb_class_of(root, cfg->classid[0]);
+		if (lc->link)
+			lc->link = (__u64)KPTR(struct htb_class, lc->link)->parent;
 		lc->root = root;
 	}
 	return lc;
@@ -351,7 +385,7 @@ static __always_inline void publish(struct config *cfg, struct leaf_cache *lc, _
 
 /* One coin toss for drop and mark; then the step. Returns the action. */
 static __always_inline __u8 decide(struct config *cfg, __u32 cls, struct pkt_info *pi,
-				   struct leafq *q, int *why)
+				   struct leafq *q, __u64 wait_ns, int *why)
 {
 	struct cls_cfg *cc = &cfg->cls[cls & 1];
 	__u64 r = bpf_get_prandom_u32();
@@ -367,7 +401,8 @@ static __always_inline __u8 decide(struct config *cfg, __u32 cls, struct pkt_inf
 		action = ACT_DROP;
 	else if (r < (__u64)cc->p_drop + cc->p_mark)
 		action = ACT_MARK;
-	else if (cc->step_ns && (__u64)q[cls & 1].backlog * cfg->ps_per_byte / 1000 >= cc->step_ns) {
+	else if (cc->step_ns &&
+		 wait_ns + (__u64)q[cls & 1].backlog * cfg->ps_per_byte / 1000 > cc->step_ns) {
 		action = ACT_MARK;
 		*why = WHY_STEP;
 	}
@@ -402,8 +437,10 @@ static __always_inline void emit(struct stamp *sp, __u64 t_dep, __u16 size, stru
 		gc->records++;
 }
 
-/* Both leaves as seen now (read without the qdisc lock: a snapshot, good to a packet). */
-static __always_inline int leaves_now(struct config *cfg, struct __sk_buff *ctx, struct leafq *q)
+/* Both leaves as seen now (read without the qdisc lock: a snapshot, good to a packet), and
+ * the link's wait (link_wait_ns) at `now`. */
+static __always_inline int leaves_now(struct config *cfg, struct __sk_buff *ctx, struct leafq *q,
+				      __u64 now, __u64 *wait_ns)
 {
 	struct sk_buff *skb = bpf_cast_to_kern_ctx(ctx);
 	__u64 root = (__u64)skb->dev->qdisc;
@@ -411,6 +448,7 @@ static __always_inline int leaves_now(struct config *cfg, struct __sk_buff *ctx,
 
 	if (!lc || read_leaf(cfg, lc, 0, &q[0]) < 0 || read_leaf(cfg, lc, 1, &q[1]) < 0)
 		return -1;
+	*wait_ns = link_wait_ns(lc, now);
 	return 0;
 }
 
@@ -425,6 +463,7 @@ int dualq_egress(struct __sk_buff *skb)
 	int why = 0;
 	__u32 cls;
 	__u8 action = ACT_ENQUEUE, sampled;
+	__u64 now = bpf_ktime_get_ns(), wait_ns = 0;
 
 	if (!cfg || parse(skb, &pi) < 0)
 		return TC_ACT_OK;  /* not IP (ARP, ...): HTB's default class, no AQM */
@@ -437,10 +476,10 @@ int dualq_egress(struct __sk_buff *skb)
 	st->arr_bytes += skb->len;
 	/* a dropped or marked SYN makes TCP give up ECN for the connection (FACTS pitfall);
 	 * without the leaves (shape being rebuilt) there is no queue to act on */
-	if (!pi.syn && leaves_now(cfg, skb, q) == 0)
-		action = decide(cfg, cls, &pi, q, &why);
+	if (!pi.syn && leaves_now(cfg, skb, q, now, &wait_ns) == 0)
+		action = decide(cfg, cls, &pi, q, wait_ns, &why);
 
-	sp.t_arr_ns = bpf_ktime_get_ns();
+	sp.t_arr_ns = now;
 	sampled = cfg->sample_every &&
 		  (cfg->sample_every == 1 || bpf_get_prandom_u32() % cfg->sample_every == 0);
 	sp.meta = META_MAGIC << 24 | (__u32)sampled << 16 | (__u32)action << 8 |
