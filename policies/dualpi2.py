@@ -173,9 +173,9 @@ class DualPi2(Policy):
     # `testbed policies`
     datapath_notes = {
         "ebpf": "coin tossed at enqueue whatever drop_early says (tc BPF runs before the qdisc); "
-                "step on the delay predicted from the L backlog at enqueue, in time only "
-                "(step_thresh_pkts, min_qlen_step refused); L/C share by HTB classes, not the "
-                "WRR credit (policies/DUALPI2.md)",
+                "step on the sojourn predicted at enqueue (wait for the link's bucket + L "
+                "backlog), in time only (step_thresh_pkts, min_qlen_step refused); L/C by HTB "
+                "priority with a guaranteed C share, not the WRR credit (policies/DUALPI2.md)",
         "nfqueue": "all of policies/DUALPI2.md but WRR credit for a packet dropped at dequeue "
                    "(counted here, not in Linux) and GSO (none: offloads are off)",
     }

@@ -5,12 +5,15 @@ by a DualQ shape this kernel can build without a dualpi2 qdisc:
 
     root 1: htb default 12
       class 1:1   rate R ceil R                   the link
-        class 1:11  rate (1-c)*R ceil R prio 0    L queue (ECT(1), CE), leaf pfifo 11:
+        class 1:11  rate 1kbit   ceil R prio 0    L queue (ECT(1), CE), leaf pfifo 11:
         class 1:12  rate c*R     ceil R prio 1    C queue (the rest),   leaf pfifo 12:
 
 c is the policy's classic protection (QueueConfig.c_protection, 10% for DualPI2): L goes
 first, but when both queues are busy C still gets its guaranteed rate, the role RFC 9332's
-weighted scheduler plays. A clsact egress BPF program (bpf/dualq.c) runs before the root
+weighted scheduler plays. L borrows the link's rate rather than owning (1-c)R, so an L packet
+waits for the link's bucket to pay for the packet sent before it, as behind a packet in
+service on a real link (policies/DUALPI2.md, "The datapaths side by side").
+A clsact egress BPF program (bpf/dualq.c) runs before the root
 qdisc: it classifies, applies the drop/mark probabilities the control loop wrote, step-marks
 the L queue from its in-kernel backlog and logs packets. The agent process
 (ebpf_agent.py) on the router runs the policy every tupdate. If the agent dies, the kernel
