@@ -167,7 +167,7 @@ def test_ebpf_datapath_marks_the_fraction_it_is_told(netns_testbed, tmp_path):
     rx = pd.concat([read_pcap(p) for p in sorted((run_dir / "pcap").glob("rx-*.pcap*"))])
     udp = rx[(rx["proto"] == 17) & (rx["payload_len"] >= 1200)]
     ecn = udp["ecn"].to_numpy()
-    assert np.count_nonzero(ecn & 1 == 0) == 0, "only ECT(1) and CE may arrive"  # no bleaching
+    assert np.count_nonzero((ecn & 1) == 0) == 0, "only ECT(1) and CE may arrive"  # no bleaching
     n = ecn.size
     assert n >= 20000, n
     frac = np.count_nonzero(ecn == 3) / n
