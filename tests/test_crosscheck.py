@@ -67,6 +67,14 @@ def test_l4s_p99_tolerance_is_two_packets_at_a_slow_link():
     assert xc.within("l4s_p99_ms", 3.4, 4.05, 10.0) and not xc.within("l4s_p99_ms", 3.4, 4.05, 50.0)
     assert xc.tolerance("classic_p50_ms", 10.0, 10.0) == pytest.approx(3.0)  # relative: no packet floor
 
+
+def test_classes_compare_by_codepoint_whatever_queue_the_datapath_used():
+    import pandas as pd
+
+    # one FIFO on ebpf logs every packet as classic; the ECT(1) and CE ones are L4S traffic
+    pkts = pd.DataFrame({"cls": [1, 1, 1, 1], "ecn_in": [1, 3, 2, 0], "sojourn_ms": [1.0] * 4})
+    assert xc.by_codepoint(pkts)["cls"].tolist() == [0, 0, 1, 1]
+
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.skipif(__import__("os").geteuid() != 0, reason="needs root for namespaces")

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from orchestrator.analysis import queue
 from orchestrator.analysis.rundir import RunDir, load_json
@@ -98,7 +99,7 @@ def run_figures(run_dir: Path) -> RunFigures:
     """The figures of one run, from its telemetry and summary.json (NaN where missing)."""
     run = RunDir(run_dir)
     summary = load_json(run_dir / "summary.json")
-    pkts = run.packets()
+    pkts = by_codepoint(run.packets())
     counts = queue.counts(pkts, run.sample_rate)
     delays = queue.delay_percentiles(pkts)
     fig: dict[str, float] = {"utilisation": _num(summary.get("utilization")),
@@ -114,6 +115,16 @@ def run_figures(run_dir: Path) -> RunFigures:
                                  if f.get("cls") == cls) if summary.get("flows") else math.nan
     return RunFigures(run.datapath or "?", run_dir.name, fig,
                       {cls: queue.sojourn(pkts, cls) for cls in CLASSES})
+
+
+def by_codepoint(pkts: pd.DataFrame) -> pd.DataFrame:
+    """The packets with `cls` from the ECN codepoint they arrived with (ECT(1), CE: l4s), not
+    from the queue they went to: under a single-queue policy nfqueue logs the codepoint's
+    class and ebpf the one queue's, so per-class figures compare only by codepoint."""
+    if pkts.empty or "ecn_in" not in pkts:
+        return pkts
+    l4s = (pkts["ecn_in"].to_numpy() & 1) == 1
+    return pkts.assign(cls=np.where(l4s, CLASSES.index("l4s"), CLASSES.index("classic")).astype("u1"))
 
 
 def _num(v: Any) -> float:
