@@ -107,3 +107,20 @@ def test_nfqueue_and_ebpf_dualpi2_agree_on_the_default_testbed(netns_testbed, tm
     checks = {c["figure"]: c for c in result["checks"] if c["datapath"] == "ebpf"}
     for figure in ("utilisation", "l4s_p99_ms", "classic_p50_ms", "l4s_w1_ms"):
         assert checks[figure]["ok"] is True, checks[figure]
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="needs root for namespaces")
+def test_cli_refuses_a_policy_only_one_datapath_runs(netns_testbed, tmp_path):
+    """CoDel acts per packet at dequeue: only nfqueue runs it, so there is nothing to compare;
+    the command says which datapaths could not and why, before any run starts."""
+    from conftest import dumbbell_yaml, run_cli, unique_name
+
+    name = unique_name("xq")
+    netns_testbed(dumbbell_yaml(name, scenario="scenario:\n  duration: 5s\n  flows:\n"
+                                "    - {name: c, kind: tcp, src: s1, dst: rx, cc: cubic}\n"))
+    out = tmp_path / "results"
+    res = run_cli("crosscheck", "--testbed", name, "--policy", "codel", "--results", str(out))
+    assert res.returncode == 2, res
+    assert "crosscheck needs two datapaths" in res.stderr and "ebpf: policy 'codel'" in res.stderr, res.stderr
+    assert not out.exists()  # no directory, no run
