@@ -154,8 +154,8 @@ def test_nfqueue_and_ebpf_dualpi2_agree_on_a_slow_long_link(netns_testbed, tmp_p
     for figure in ("rate_ratio", "l4s_p99_ms", "l4s_w1_ms"):
         assert checks[figure]["ok"] is True, checks[figure]
     # The step's share of the L4S marks: without the wait for the link's bucket in ebpf's
-    # predicted sojourn, ebpf marked 0.36 against nfqueue's 0.435 (17% less) and the L4S flow
-    # got 0.57 against 0.47 Mbit/s. Tolerance 12%: nfqueue against itself spread 0.435-0.468
-    # (7%) over four 20 s runs; with the wait ebpf was 6-7% under nfqueue.
+    # predicted sojourn (mutation tried), ebpf marked 0.352 against nfqueue's 0.445 (21% less;
+    # L4S 0.58 against 0.46 Mbit/s) and this fails. Tolerance 12%: nfqueue against itself
+    # spread 0.435-0.468 (7%) over six 20 s runs; with the wait ebpf was 6-9% under nfqueue.
     marks = {dp: result["figures"][dp]["l4s_mark_rate"]["mean"] for dp in ("nfqueue", "ebpf")}
     assert abs(marks["ebpf"] - marks["nfqueue"]) <= 0.12 * marks["nfqueue"], marks
