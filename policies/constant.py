@@ -21,8 +21,6 @@ class ConstantParams(Params):
     l4s_p_drop: float = field(default=0.0, metadata={"help": "L queue: drop probability"})
     classic_p_mark: float = field(default=0.0, metadata={"help": "C queue: CE-mark probability"})
     classic_p_drop: float = field(default=0.0, metadata={"help": "C queue: drop probability"})
-    dualq: bool = field(default=True, metadata={
-        "help": "separate L and C queues (false: one FIFO, the classic probabilities apply)"})
     min_backlog_bytes: int = field(default=0, metadata={
         "help": "no drop or mark while less than this is queued (Linux AQMs: 2 MTU)"})
 
@@ -44,7 +42,10 @@ class Constant(Policy):
     params: ConstantParams
 
     def queue_config(self) -> QueueConfig:
-        return QueueConfig(dualq=self.params.dualq, min_backlog_bytes=self.params.min_backlog_bytes)
+        # always the two queues: in one FIFO nfqueue still picks a packet's probabilities by
+        # its codepoint and ebpf takes the classic ones, so the per-class parameters would mean
+        # different things on the two datapaths
+        return QueueConfig(dualq=True, min_backlog_bytes=self.params.min_backlog_bytes)
 
     def update(self, state: QueueState) -> Decision:
         p = self.params

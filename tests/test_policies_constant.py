@@ -28,8 +28,8 @@ def test_the_same_decision_whatever_the_queue():
 def test_queue_config_tosses_on_every_packet_by_default():
     qc = Constant().queue_config()
     assert qc.dualq and qc.min_backlog_bytes == 0
-    qc = Constant(ConstantParams.from_args({"dualq": "false", "min_backlog_bytes": "3028"})).queue_config()
-    assert not qc.dualq and qc.min_backlog_bytes == 3028
+    qc = Constant(ConstantParams.from_args({"min_backlog_bytes": "3028"})).queue_config()
+    assert qc.dualq and qc.min_backlog_bytes == 3028
 
 
 def test_registered_and_runs_where_a_probability_is_applied():
