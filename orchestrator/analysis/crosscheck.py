@@ -9,24 +9,28 @@ distances between repetitions of one datapath (its run-to-run spread, the yardst
 
 The verdict compares each datapath with the reference (the first) on the figures of
 TOLERANCES. Why each tolerance is what it is (measured on this machine, 2 loaded cores,
-default testbed 50 Mbit/s, 20 ms, L4S + CUBIC, 10 s runs; README "Crosscheck"):
+default testbed 50 Mbit/s, 20 ms, L4S + CUBIC, 10-15 s runs, DualPI2; README "Crosscheck"):
 
-- utilisation, 0.02 absolute: one datapath against itself spreads 0.004-0.01 between runs
-  (0.986-0.989 on nfqueue, 0.98-0.99 on ebpf); a datapath that shapes 2% off its rate is a
-  real difference (the link is the experiment's denominator).
-- classic p50 delay, 30% of the reference: CUBIC's sawtooth against PI2 moves the classic
-  median by 10-20% between runs of one datapath (12.7-15 ms).
+- utilisation, 0.02 absolute on the means: one datapath against itself spread 0.93-0.955
+  (nfqueue, 10 s runs; its releases run late when the machine is busy) and 0.95-0.98 (ebpf);
+  the means differed by 0.005-0.017 once the datapaths agreed. A datapath that shapes 2% off
+  its rate is a real difference (the link is the experiment's denominator).
+- classic p50 delay, 30% of the reference: CUBIC's sawtooth against PI2 moved the classic
+  median between runs of one datapath by up to 25% (nfqueue 7.5-10.3 ms, ebpf 8.3-12.8 ms).
 - L4S p99 delay, 0.5 ms or two full-size packets at the link rate, whichever is larger: the
   figure the L queue exists for. 0.5 ms is two packets at 50 Mbit/s and half the 1 ms step;
   the p99 of an L queue kept near one step is set by a packet or two waiting behind the
   packet in service, so at 10 Mbit/s (1.2 ms a packet) the same disagreement is 2.4 ms.
-  Run-to-run spread of one datapath: 0.1-0.3 ms at 50 Mbit/s, 0.5-1.1 ms at 10 Mbit/s.
-- L4S/classic rate ratio, 35% of the reference: one 10 s run of two flows moves the ratio by
-  10-30% on one datapath (who wins the first seconds); a datapath that halves or doubles the
-  L4S share is caught.
+  Run-to-run spread of one datapath: 0.1-0.25 ms at 50 Mbit/s, 0.1-1.1 ms at 10 Mbit/s.
+  The old ebpf shape was 0.55-0.65 ms off at 50 Mbit/s and 4 ms off at 10 Mbit/s.
+- L4S/classic rate ratio, 35% of the reference: one 10 s run of two flows moved the ratio by
+  up to 30% on one datapath (0.70-0.96 nfqueue, 0.72-1.18 ebpf: who wins the first
+  seconds); a datapath that halves or doubles the L4S share is caught (the old ebpf shape:
+  0.21 against 0.05 at 10 Mbit/s).
 - W1 of a class's sojourn distribution: at most max(floor, 3 x the larger self-W1 of the two
-  datapaths) (floors 0.2 ms L4S, 2 ms classic): a distance three times what repetition alone
-  gives is a difference of mechanism, not noise.
+  datapaths) (floors 0.2 ms L4S, 2 ms classic, for single runs): a distance three times what
+  repetition alone gives is a difference of mechanism, not noise. L4S self-W1 was 0.006-0.03
+  ms at 50 Mbit/s; the old ebpf shape was 0.29-0.30 ms away.
 """
 
 from __future__ import annotations
