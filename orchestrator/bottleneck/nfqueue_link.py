@@ -19,6 +19,14 @@ queue 10. This process
      decision, and
   6. logs every packet (or a sample at high packet rates) to Parquet parts.
 
+A dynamic link (config `schedule`, see bottleneck/schedule.py) replaces the fixed rate by a
+service model in the same virtual clock: a rate schedule sets the service rate at its stated
+times (a packet in flight at a change finishes at the new rate), a Mahimahi trace releases
+packets at its delivery opportunities exactly as mm-link does. Random loss (config `loss`)
+drops a packet after it crossed the link, on its own seeded stream. The policy never sees the
+schedule: its state's link_rate_bps stays the nominal rate the run started with, and it must
+infer changes from what a router measures (departure rate, backlog, sojourn).
+
 The link runs in virtual time: a packet starts when the link is free and its head-of-line turn
 comes, whatever the moment this process gets to it, so when this process is late (the machine
 is busy) releases are late but the rate and the sojourn the link accounts stay those of the
@@ -94,9 +102,15 @@ class Link:
     def __init__(self, rate_bps: float, qcfg: QueueConfig, limit_pkts: float, limit_bytes: float,
                  policy: Policy | None = None, log: PacketLog | None = None,
                  epoch_offset: float = 0.0, start: float = 0.0,
-                 min_backlog_bytes: float = 2 * WIRE_MTU) -> None:
-        self.rate_bps = rate_bps
+                 min_backlog_bytes: float = 2 * WIRE_MTU, service: Any = None,
+                 loss: Any = None) -> None:
+        self.rate_bps = rate_bps  # nominal: what the policy's state says, whatever the schedule
         self.sec_per_byte = 8.0 / rate_bps
+        # a schedule.RateService / TraceService (None: the fixed rate, on the fast path)
+        self.service = service
+        self.loss = loss  # a loss.Loss, applied after the link
+        self.link_losses = 0
+        self.capacity: list[tuple[float, float]] = []  # (epoch, bit/s in force), per state()
         self.queue = DualQueue(qcfg.dualq, qcfg.c_protection)
         self.limit_pkts, self.limit_bytes = limit_pkts, limit_bytes
         # Like sch_dualpi2 and PIE (RFC 8033 sec. 5.1): no probabilistic drop or mark while
@@ -188,7 +202,11 @@ class Link:
             if self.inflight is not None:
                 if self.free_at > now:
                     return self.free_at
-                self.inflight.accept()
+                if self.loss is not None and self.loss.lose():
+                    self.inflight.drop()  # lost on the link after using its capacity
+                    self.link_losses += 1
+                else:
+                    self.inflight.accept()
                 self._lateness(now - self.free_at)
                 self.inflight = None
             got = q.pop(self.free_at, horizon)
@@ -199,7 +217,10 @@ class Link:
             if action == DROP:
                 self._drop(pkt, t_arr, cls, ecn, data)
                 continue
-            self.free_at = start + size * self.sec_per_byte
+            if self.service is None:
+                self.free_at = start + size * self.sec_per_byte
+            else:  # a trace may make the packet wait for its delivery opportunity
+                start, self.free_at = self.service.send(start, size)
             self.inflight = pkt
             iv = self.iv
             sojourn = start - t_arr
@@ -248,6 +269,8 @@ class Link:
         iv, self.iv = self.iv, Interval()
         dt = max(now - self.last_state, 1e-9)
         self.last_state = now
+        if self.service is not None:
+            self.capacity.append((now + self.offset, self.service.rate_at(now)))
         classes = []
         for cls in (L, C):
             n = iv.dep_pkts[cls]
@@ -285,6 +308,7 @@ class Link:
         out: dict[str, Any] = {k: dict(zip(CLS_NAMES, v, strict=True)) for k, v in self.totals.items()}
         out.update(overflow_drops=self.overflow, syn_exempt=self.syn_exempt,
                    step_marks=self.step_marks, max_backlog_pkts=self.max_backlog,
+                   link_losses=self.link_losses,
                    release_late_ms_mean=self.late_sum / max(self.releases, 1) * 1e3,
                    release_late_ms_max=self.late_max * 1e3, releases=self.releases,
                    releases_late_1ms=self.late_over[0], releases_late_5ms=self.late_over[1],
@@ -369,7 +393,7 @@ def sample_rate(config: dict[str, Any]) -> float:
     above that, a uniform random sample (the rate goes into meta.json)."""
     if config.get("sample_rate"):
         return float(config["sample_rate"])
-    pps = config["rate_bps"] / (8 * WIRE_MTU)
+    pps = config.get("max_rate_bps", config["rate_bps"]) / (8 * WIRE_MTU)
     return min(1.0, config.get("log_max_pps", 20000) / pps)
 
 
@@ -394,6 +418,46 @@ def kernel_queue_stats(num: int) -> dict[str, int]:
     except (OSError, ValueError, IndexError):
         pass
     return {}
+
+
+def make_service(config: dict[str, Any], epoch_offset: float) -> Any:
+    """The service model of config['schedule'] on the monotonic clock, or None (fixed rate).
+
+    config['schedule']: {'kind': 'steps', 'steps': [[at, bit/s, ramp], ...], 't0_epoch': E} or
+    {'kind': 'mahimahi', 'ms': [...], 't0_epoch': E}; E is the epoch of the schedule's 0."""
+    sched = config.get("schedule")
+    if not sched:
+        return None
+    from orchestrator.bottleneck import schedule as sm
+
+    t0 = float(sched["t0_epoch"]) - epoch_offset
+    if sched["kind"] == "mahimahi":
+        return sm.TraceService(sm.MahimahiTrace(sched["ms"]), t0)
+    steps = [sm.Step(float(at), float(v), float(ramp)) for at, v, ramp in sched["steps"]]
+    return sm.RateService(sm.Schedule(steps, "rate"), t0)
+
+
+def make_loss(config: dict[str, Any]) -> Any:
+    if not config.get("loss"):
+        return None
+    from orchestrator.bottleneck.loss import Loss, LossModel
+
+    seed = config.get("seed")
+    return Loss(LossModel(**config["loss"]), seed=None if seed is None else seed + 7919)
+
+
+def write_capacity(config: dict[str, Any], link: Link) -> None:
+    """telemetry/capacity.json: the capacity the link applied, sampled every tupdate from the
+    service model in force (epoch seconds, bit/s)."""
+    sched = config.get("schedule")
+    if not sched:
+        return
+    out = {"datapath": "nfqueue", "kind": sched["kind"], "t0_epoch": sched["t0_epoch"],
+           "samples": [[t, r] for t, r in link.capacity],
+           "note": "exact per packet in the link's virtual clock; samples every tupdate"}
+    if sched["kind"] == "mahimahi":
+        out["opportunities_used"] = link.service.used
+    Path(config["telemetry_dir"], "capacity.json").write_text(json.dumps(out))
 
 
 class ArrivalClock:
@@ -463,7 +527,8 @@ class Process:
         limit_pkts, limit_bytes = buffer_limits(config, qcfg)
         self.link = Link(config["rate_bps"], qcfg, limit_pkts, limit_bytes, self.policy,
                          self.log, self.offset, self.start,
-                         config.get("min_backlog_bytes", 2 * WIRE_MTU))
+                         config.get("min_backlog_bytes", 2 * WIRE_MTU),
+                         service=make_service(config, self.offset), loss=make_loss(config))
         loop = ControlLoop(self.policy, qcfg.tupdate_s, tel / "control")
         self.control = Controller(loop, self.link, self.start, self.offset)
         self.clock = ArrivalClock(bool(config.get("kernel_timestamps", True)))
@@ -542,6 +607,8 @@ class Process:
         flushed = self.link.flush_all()
         nfq.unbind()
         control = self.control.close()
+        self.link.state(time.monotonic())  # a last capacity sample
+        write_capacity(self.config, self.link)
         counters = {"datapath": "nfqueue", "exit_code": rc, **self.limits,
                     **self.link.counters(), "released_at_exit": flushed,
                     "updates": control["updates"], "missed_deadlines": control["missed"],

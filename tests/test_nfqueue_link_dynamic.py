@@ -1,0 +1,99 @@
+"""The nfqueue link under a schedule, a Mahimahi trace and random loss, in its virtual clock
+(no NFQUEUE: packets stand in for netfilterqueue's)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from orchestrator.bottleneck import loss as lossmod
+from orchestrator.bottleneck import nfqueue_link as nl
+from orchestrator.bottleneck import schedule as sm
+from policies.base import QueueConfig
+from tests.test_nfqueue_link import Pkt, udp
+
+
+def saturate(link: nl.Link, n: int, size: int = 1500, every: float = 0.0) -> list[tuple[float, Pkt]]:
+    """Queue n packets (arrivals `every` s apart) and serve until idle; (release time, pkt)."""
+    pkts = [Pkt(udp(size=size)) for _ in range(n)]
+    for i, p in enumerate(pkts):
+        link.arrive(p, i * every)
+    out, seen = [], 0
+    wake = link.serve(0.0)
+    while wake is not None:
+        now = wake
+        wake = link.serve(now)
+        done = [p for p in pkts if p.verdict is not None]
+        out += [(now, p) for p in done[seen:]]
+        seen = len(done)
+    return out
+
+
+def test_rate_schedule_changes_the_service_rate_at_its_time():
+    # 1514-byte frames: 12112 bit; 12.112 Mbit/s = 1 ms each, then 1.2112 Mbit/s = 10 ms each
+    sched = sm.Schedule([sm.Step(0, 12.112e6), sm.Step(0.0105, 1.2112e6)])
+    link = nl.Link(50e6, QueueConfig(dualq=False), 1000, math.inf, service=sm.RateService(sched, 0.0))
+    times = [t for t, _ in saturate(link, 14)]
+    # 10 packets at 1 ms; the 11th starts at 10 ms: 0.5 ms at the old rate (half the packet)
+    # then the other half at the new rate takes 5 ms -> 15.5 ms; then 10 ms each
+    expect = [1e-3 * k for k in range(1, 11)] + [0.0155, 0.0255, 0.0355, 0.0455]
+    assert times == pytest.approx(expect, abs=1e-9)
+    state = link.state(0.05)
+    assert state.link_rate_bps == 50e6  # the policy sees the nominal rate, not the schedule
+    assert link.capacity == [(0.05, pytest.approx(1.2112e6))]
+
+
+def test_trace_releases_at_opportunities(tmp_path):
+    trace = sm.MahimahiTrace([2, 2, 5, 10])  # 4 per 10 ms
+    link = nl.Link(50e6, QueueConfig(dualq=False), 1000, math.inf, service=sm.TraceService(trace, 0.0))
+    times = [t for t, _ in saturate(link, 9)]
+    assert times == pytest.approx([0.002, 0.002, 0.005, 0.010, 0.012, 0.012, 0.015, 0.020, 0.022])
+
+
+def test_trace_sojourn_includes_the_wait_for_the_opportunity():
+    trace = sm.MahimahiTrace([10])
+    link = nl.Link(50e6, QueueConfig(dualq=False), 1000, math.inf, service=sm.TraceService(trace, 0.0))
+    saturate(link, 1)
+    st = link.state(0.02)
+    assert st.classic.sojourn_ms == pytest.approx(10.0)
+
+
+def test_loss_drops_after_the_link_and_counts_apart():
+    model = lossmod.LossModel.bernoulli(0.25)
+    link = nl.Link(12.112e6, QueueConfig(dualq=False), 10000, math.inf, loss=lossmod.Loss(model, seed=1))
+    pkts = [Pkt(udp(size=1500)) for _ in range(4000)]
+    for p in pkts:
+        link.arrive(p, 0.0)
+    now = 0.0
+    while (wake := link.serve(now)) is not None:
+        now = wake
+    lost = sum(p.verdict == "drop" for p in pkts)
+    assert lost == link.link_losses
+    assert lost / 4000 == pytest.approx(0.25, abs=0.03)
+    assert now == pytest.approx(4.0)  # lost packets used the link
+    c = link.counters()
+    assert c["drops"]["classic"] == 0 and c["link_losses"] == lost
+
+
+def test_make_service_from_config_and_capacity_file(tmp_path):
+    cfg = {"schedule": {"kind": "steps", "steps": [[0, 50e6, 0], [10, 10e6, 0], [20, 50e6, 2]],
+                        "t0_epoch": 1000.0}, "telemetry_dir": str(tmp_path)}
+    svc = nl.make_service(cfg, epoch_offset=990.0)  # epoch 1000 = monotonic 10
+    assert isinstance(svc, sm.RateService)
+    assert svc.rate_at(10 + 15) == 10e6 and svc.rate_at(10 + 21) == pytest.approx(30e6)
+    cfg2 = {"schedule": {"kind": "mahimahi", "ms": [1, 2], "t0_epoch": 5.0}}
+    assert isinstance(nl.make_service(cfg2, 0.0), sm.TraceService)
+    assert nl.make_service({}, 0.0) is None and nl.make_loss({}) is None
+    lm = nl.make_loss({"loss": {"p": 0.0, "r": 1.0, "loss_good": 0.5, "loss_bad": 0.5}, "seed": 3})
+    assert lm.model.mean_loss == 0.5
+    link = nl.Link(50e6, QueueConfig(), 100, math.inf, service=svc, epoch_offset=990.0)
+    link.state(25.0)
+    nl.write_capacity(cfg, link)
+    got = json.loads((tmp_path / "capacity.json").read_text())
+    assert got["kind"] == "steps" and got["samples"] == [[1015.0, 10e6]]
+
+
+def test_sampling_follows_the_highest_rate():
+    assert nl.sample_rate({"rate_bps": 10e6, "max_rate_bps": 1e9}) < nl.sample_rate({"rate_bps": 10e6})
