@@ -36,8 +36,7 @@ def test_bad_names_never_reach_tc(dev: str, cls: dict) -> None:
 
 
 def test_plan_times() -> None:
-    p = hs.plan({"dev": "eth0", "t0_epoch": 100.0, "changes": [[0, 5e6], [2.5, 1e6]],
-                 "classes": EBPF_CLASSES[:1]})
+    p = hs.plan({"dev": "eth0", "changes": [[0, 5e6], [2.5, 1e6]], "classes": EBPF_CLASSES[:1]}, 100.0)
     assert [(due, rate) for due, rate, _ in p] == [(100.0, 5e6), (102.5, 1e6)]
     assert p[1][2][0][11] == "1000000bit"
 
@@ -66,12 +65,16 @@ def test_timer_changes_htb_on_time(htb_ns: str, tmp_path) -> None:
     out = tmp_path / "changes.jsonl"
     cfg = tmp_path / "cfg.json"
     t0 = time.time() + 0.5
-    cfg.write_text(json.dumps({"dev": "d0", "t0_epoch": t0, "changes": [[0, 20e6], [0.3, 7e6]],
+    t0_path = tmp_path / "schedule-t0"  # the run writes it when the flows start
+    cfg.write_text(json.dumps({"dev": "d0", "t0_path": str(t0_path), "changes": [[0, 20e6], [0.3, 7e6]],
                                "classes": EBPF_CLASSES[:1], "out": str(out)}))
     proc = subprocess.Popen(["ip", "netns", "exec", htb_ns, sys.executable, "-m",
                              "orchestrator.bottleneck.htb_schedule", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
     try:
+        time.sleep(0.2)
+        assert hs.read(str(out)) == []  # nothing happens before t0 is known
+        t0_path.write_text(json.dumps({"t0_epoch": t0}))
         deadline = time.time() + 10
         while len(hs.read(str(out))) < 2 and time.time() < deadline:
             time.sleep(0.05)

@@ -90,9 +90,13 @@ def test_make_service_from_config_and_capacity_file(tmp_path):
     assert lm.model.mean_loss == 0.5
     link = nl.Link(50e6, QueueConfig(), 100, math.inf, service=svc, epoch_offset=990.0)
     link.state(25.0)
-    nl.write_capacity(cfg, link)
+    nl.write_capacity(cfg, link, 1000.0, 1030.0)
     got = json.loads((tmp_path / "capacity.json").read_text())
     assert got["kind"] == "steps" and got["samples"] == [[1015.0, 10e6]]
+    # the ramp goes in 0.1 s steps
+    assert got["steps"][:3] == [[1000.0, 50e6], [1010.0, 10e6], [1020.0, pytest.approx(11e6)]]
+    assert got["changes"] == [[10.0, 50e6, 10e6], [20.0, 10e6, 50e6]]
+    assert nl.make_service(cfg, 0.0, t0_epoch=7.0).t0 == 7.0  # the run's t0 wins
 
 
 def test_sampling_follows_the_highest_rate():

@@ -8,7 +8,8 @@ so the only work left at each instant is one tc per class.
 
     python -m orchestrator.bottleneck.htb_schedule CONFIG.json
 
-CONFIG: {"dev": "...", "t0_epoch": E, "changes": [[t, bit/s], ...] (t since E),
+CONFIG: {"dev": "...", "t0_epoch": E or "t0_path": FILE (wait for the run to write E there),
+         "changes": [[t, bit/s], ...] (t since E),
          "classes": [{"parent": "1:", "classid": "1:1", "share": 1.0, "prio": null}, ...],
          "out": "PATH.jsonl"}
 A class's rate is share * R (at least MIN_RATE_BPS) and its ceil R: the layout of the ebpf
@@ -49,9 +50,8 @@ def class_change_argv(dev: str, cls: dict[str, Any], rate_bps: float) -> list[st
     return argv
 
 
-def plan(config: dict[str, Any]) -> list[tuple[float, float, list[list[str]]]]:
+def plan(config: dict[str, Any], t0: float) -> list[tuple[float, float, list[list[str]]]]:
     """(due epoch, rate, the tc commands) of every change, in order."""
-    t0 = float(config["t0_epoch"])
     return [(t0 + float(t), float(rate),
              [class_change_argv(config["dev"], c, rate) for c in config["classes"]])
             for t, rate in config["changes"]]
@@ -76,10 +76,19 @@ def run(config: dict[str, Any]) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    plan(config, 0.0)  # every command is built (and every name checked) before we say ready
+    print("htb-schedule ready", flush=True)
+    t0 = config.get("t0_epoch")
+    if t0 is None:
+        from orchestrator.bottleneck.dynamic import wait_t0
+
+        t0 = wait_t0(config["t0_path"], lambda: stopping)
+        if t0 is None:
+            return 0  # stopped before the flows started
     tmp = tempfile.mkdtemp(prefix="htb-schedule-")
     try:
         todo = [(due, rate, batched(cmds, f"{tmp}/{k}.batch"))
-                for k, (due, rate, cmds) in enumerate(plan(config))]
+                for k, (due, rate, cmds) in enumerate(plan(config, float(t0)))]
         return _apply(config, todo, lambda: stopping)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -88,7 +97,6 @@ def run(config: dict[str, Any]) -> int:
 def _apply(config: dict[str, Any], todo: list[tuple[float, float, list[list[str]]]], stopping: Any) -> int:
     errors = 0
     with open(config["out"], "a") as out:
-        print("htb-schedule ready", flush=True)
         for due, rate, commands in todo:
             while not stopping():
                 left = due - time.time()

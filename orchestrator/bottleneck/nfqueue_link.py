@@ -420,17 +420,18 @@ def kernel_queue_stats(num: int) -> dict[str, int]:
     return {}
 
 
-def make_service(config: dict[str, Any], epoch_offset: float) -> Any:
+def make_service(config: dict[str, Any], epoch_offset: float, t0_epoch: float | None = None) -> Any:
     """The service model of config['schedule'] on the monotonic clock, or None (fixed rate).
 
-    config['schedule']: {'kind': 'steps', 'steps': [[at, bit/s, ramp], ...], 't0_epoch': E} or
-    {'kind': 'mahimahi', 'ms': [...], 't0_epoch': E}; E is the epoch of the schedule's 0."""
+    config['schedule']: {'kind': 'steps', 'steps': [[at, bit/s, ramp], ...]} or
+    {'kind': 'mahimahi', 'ms': [...]}, with 't0_epoch' (the epoch of the schedule's 0) or a
+    't0_path' the run writes it to when the flows start (then pass it as t0_epoch)."""
     sched = config.get("schedule")
     if not sched:
         return None
     from orchestrator.bottleneck import schedule as sm
 
-    t0 = float(sched["t0_epoch"]) - epoch_offset
+    t0 = float(sched["t0_epoch"] if t0_epoch is None else t0_epoch) - epoch_offset
     if sched["kind"] == "mahimahi":
         return sm.TraceService(sm.MahimahiTrace(sched["ms"]), t0)
     steps = [sm.Step(float(at), float(v), float(ramp)) for at, v, ramp in sched["steps"]]
@@ -446,17 +447,30 @@ def make_loss(config: dict[str, Any]) -> Any:
     return Loss(LossModel(**config["loss"]), seed=None if seed is None else seed + 7919)
 
 
-def write_capacity(config: dict[str, Any], link: Link) -> None:
-    """telemetry/capacity.json: the capacity the link applied, sampled every tupdate from the
-    service model in force (epoch seconds, bit/s)."""
+def write_capacity(config: dict[str, Any], link: Link, t0_epoch: float | None, end_epoch: float) -> None:
+    """telemetry/capacity.json: the capacity in force (steps, epoch seconds and bit/s), the
+    schedule's changes, and samples taken every tupdate from the service model in force."""
     sched = config.get("schedule")
     if not sched:
         return
-    out = {"datapath": "nfqueue", "kind": sched["kind"], "t0_epoch": sched["t0_epoch"],
-           "samples": [[t, r] for t, r in link.capacity],
-           "note": "exact per packet in the link's virtual clock; samples every tupdate"}
-    if sched["kind"] == "mahimahi":
-        out["opportunities_used"] = link.service.used
+    from orchestrator.bottleneck import schedule as sm
+
+    out: dict[str, Any] = {"datapath": "nfqueue", "kind": sched["kind"], "t0_epoch": t0_epoch,
+                           "samples": [[t, r] for t, r in link.capacity],
+                           "note": "applied exactly per packet in the link's virtual clock"}
+    if t0_epoch is None:  # the flows never started: the link held its first rate throughout
+        out.update(steps=[], changes=[])
+    elif sched["kind"] == "mahimahi":
+        trace = sm.MahimahiTrace(sched["ms"])
+        out["steps"] = [[t0_epoch + t, r] for t, r in trace.rate_bins(max(end_epoch - t0_epoch, 0.1))]
+        out["changes"] = []
+        out["opportunities_used"] = link.service.used if link.service is not None else 0
+        out["opportunities_offered"] = trace.count(-1.0, end_epoch - t0_epoch)
+    else:
+        schedule = sm.Schedule([sm.Step(*map(float, x)) for x in sched["steps"]], "rate")
+        until = max(end_epoch - t0_epoch, 0.0) + 1e-9
+        out["steps"] = [[t0_epoch + t, r] for t, r in schedule.steps_for(until)]
+        out["changes"] = [list(c) for c in schedule.changes()]
     Path(config["telemetry_dir"], "capacity.json").write_text(json.dumps(out))
 
 
@@ -528,7 +542,15 @@ class Process:
         self.link = Link(config["rate_bps"], qcfg, limit_pkts, limit_bytes, self.policy,
                          self.log, self.offset, self.start,
                          config.get("min_backlog_bytes", 2 * WIRE_MTU),
-                         service=make_service(config, self.offset), loss=make_loss(config))
+                         loss=make_loss(config))
+        # a schedule starts when the run writes its t0 (the flows' release); until then the
+        # link holds the schedule's first rate
+        self.schedule = config.get("schedule")
+        self.t0_epoch: float | None = None
+        if self.schedule:
+            self.link.sec_per_byte = 8.0 / float(self.schedule["initial_rate_bps"])
+            if self.schedule.get("t0_epoch") is not None:
+                self._begin(float(self.schedule["t0_epoch"]))
         loop = ControlLoop(self.policy, qcfg.tupdate_s, tel / "control")
         self.control = Controller(loop, self.link, self.start, self.offset)
         self.clock = ArrivalClock(bool(config.get("kernel_timestamps", True)))
@@ -588,6 +610,8 @@ class Process:
             if now >= control.next:
                 control.tick(now)
                 self.clock.refresh()
+                if self.schedule and self.t0_epoch is None:
+                    self._poll_t0()
             if now >= next_flush:
                 log.flush()
                 next_flush = now + log.flush_s
@@ -600,6 +624,17 @@ class Process:
     def _stop(self, *_: Any) -> None:
         self.stopping = True
 
+    def _begin(self, t0_epoch: float) -> None:
+        self.t0_epoch = t0_epoch
+        self.link.service = make_service(self.config, self.offset, t0_epoch)
+
+    def _poll_t0(self) -> None:
+        from orchestrator.bottleneck.dynamic import read_t0
+
+        t0 = read_t0(self.schedule["t0_path"])
+        if t0 is not None:
+            self._begin(t0)
+
     def _finish(self, nfq: Any, num: int, rc: int) -> None:
         import resource
 
@@ -608,7 +643,7 @@ class Process:
         nfq.unbind()
         control = self.control.close()
         self.link.state(time.monotonic())  # a last capacity sample
-        write_capacity(self.config, self.link)
+        write_capacity(self.config, self.link, self.t0_epoch, time.time())
         counters = {"datapath": "nfqueue", "exit_code": rc, **self.limits,
                     **self.link.counters(), "released_at_exit": flushed,
                     "updates": control["updates"], "missed_deadlines": control["missed"],
