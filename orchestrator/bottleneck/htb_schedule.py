@@ -51,7 +51,11 @@ def class_change_argv(dev: str, cls: dict[str, Any], rate_bps: float) -> list[st
 
 
 def plan(config: dict[str, Any], t0: float) -> list[tuple[float, float, list[list[str]]]]:
-    """(due epoch, rate, the tc commands) of every change, in order."""
+    """(due epoch, rate, the commands) of every change, in order. `timeline` (commands built
+    by schedule_commands, e.g. ipfw on a FreeBSD router) or `changes` with HTB `classes`."""
+    if "timeline" in config:
+        return [(t0 + float(t), float(rate), [list(map(str, argv)) for argv in cmds])
+                for t, rate, cmds in config["timeline"]]
     return [(t0 + float(t), float(rate),
              [class_change_argv(config["dev"], c, rate) for c in config["classes"]])
             for t, rate in config["changes"]]
@@ -60,7 +64,7 @@ def plan(config: dict[str, Any], t0: float) -> list[tuple[float, float, list[lis
 def batched(commands: list[list[str]], path: str) -> list[list[str]]:
     """Several tc commands as one `tc -batch FILE` (one process start instead of three: the
     start of tc is most of a change's lateness). Every token was validated, none holds a space."""
-    if len(commands) < 2:
+    if len(commands) < 2 or any(argv[0] != "tc" for argv in commands):
         return commands
     with open(path, "w") as f:
         f.write("".join(" ".join(argv[1:]) + "\n" for argv in commands))
