@@ -41,6 +41,8 @@ class RunConfig:
     results_root: Path | None = None
     label: dict[str, Any] = field(default_factory=dict)  # sweep point, for the manifest
     explore: dict[str, float] | None = None  # exploration noise (policies.explore), for collect
+    # a link that changes during the run (bottleneck/dynamic.py, LinkDynamics.to_json)
+    link_dynamics: dict[str, Any] | None = None
 
 
 def datapath_class(name: str) -> type:
@@ -80,6 +82,11 @@ class Run:
         from orchestrator import workloads
 
         workloads.validate(testbed, self.scenario.flows, self.scenario.duration_s)
+        from orchestrator.bottleneck import dynamic, dynamic_run
+
+        self.dynamics = dynamic.LinkDynamics.from_json(config.link_dynamics) if config.link_dynamics else None
+        self.warnings = dynamic_run.check(self.dynamics, config.datapath, self.scenario.duration_s)
+        self.datapath.duration_s = self.scenario.duration_s
         self.dir: Path | None = None
 
     def manifest(self, status: str, **extra: Any) -> dict[str, Any]:
@@ -95,12 +102,14 @@ class Run:
             "rtt_ms": bn.rtt_s * 1e3, "buffer_pkts": bn.buffer_pkts, "buffer_bytes": bn.buffer_bytes,
             "flows": [f.model_dump(mode="json") for f in self.scenario.flows],
             "sweep_point": self.config.label, "explore": self.config.explore,
+            "link_dynamics": self.config.link_dynamics,
             "versions": results.versions(), **extra,
         }
 
     def execute(self, progress: Progress | None = None) -> Path:
         """Run it; return the run directory. Raises KeyboardInterrupt after cleaning up."""
         from orchestrator import workloads
+        from orchestrator.bottleneck import dynamic_run
         from orchestrator.capture import Capture
 
         progress = progress or (lambda phase, left: None)
@@ -112,16 +121,19 @@ class Run:
         restore = _interrupt_on_sigterm()
         try:
             progress("deploying policy", -1)
-            self.datapath.start(self.policy, self.dir)
-            try:
-                with Capture(self.tb, self.dir):
-                    workloads.run_flows(self.tb, self.scenario.flows, self.dir,
-                                        self.scenario.duration_s,
-                                        on_progress=lambda done, total: progress("traffic",
-                                                                                 total - done))
-            finally:
-                progress("stopping", -1)
-                counters = self.datapath.stop() or {}
+            run_dir = self.dir
+            with dynamic_run.applied(self.tb, self.dynamics, run_dir, self.scenario.duration_s):
+                self.datapath.start(self.policy, self.dir)
+                try:
+                    with Capture(self.tb, self.dir):
+                        workloads.run_flows(self.tb, self.scenario.flows, self.dir,
+                                            self.scenario.duration_s,
+                                            on_progress=lambda done, total: progress("traffic",
+                                                                                     total - done),
+                                            on_t0=lambda t0: dynamic_run.begin(self.tb, run_dir, t0))
+                finally:
+                    progress("stopping", -1)
+                    counters = self.datapath.stop() or {}
             status = "complete"
         except KeyboardInterrupt:
             reason = "interrupted"

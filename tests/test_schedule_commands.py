@@ -67,3 +67,14 @@ def test_the_timer_runs_a_timeline_as_given():
     assert [(due, rate) for due, rate, _ in got] == [(100.0, 50e6), (110.0, 10e6), (120.0, 50e6)]
     assert got[1][2] == tl[1][2]
     assert hs.batched(got[1][2], "/nonexistent") == got[1][2]  # ipfw is never batched through tc
+
+
+def test_netem_timeline_changes_the_reverse_delay():
+    bn, _, _ = topology(fwd=0.0, rev=0.02)
+    tl = sc.netem_timeline(bn, dm.parse(SAT), ["vtnet1", "vtnet2"])
+    assert [t for t, _, _ in tl] == [0.0, 15.0]
+    assert tl[1][2][1] == ["tc", "qdisc", "change", "dev", "vtnet2", "root", "netem", "delay", "40000us",
+                           "limit", "100000"]
+    bn2, _, _ = topology(fwd=0.005, rev=0.015)
+    with pytest.raises(Exception, match="reverse path"):
+        sc.netem_timeline(bn2, dm.parse(SAT), ["vtnet1"])

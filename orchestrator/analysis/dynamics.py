@@ -179,3 +179,47 @@ def analyse(capacity: Sequence[tuple[float, float]], changes: Sequence[tuple[flo
             "utilization": float(sent / total) if total > 0 else math.nan,
             "capacity_mean_mbps": total / end_s / 1e6 if end_s > 0 else math.nan,
             "target_ms": target_ms}
+
+
+# ---------------------------------------------------------------- a run's record
+
+
+def read_capacity(run_dir: Any) -> dict[str, Any]:
+    """telemetry/capacity.json of a run ({} for a static link or a run that never started)."""
+    import json
+    from pathlib import Path
+
+    try:
+        data = json.loads((Path(run_dir) / "telemetry" / "capacity.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) and data.get("t0_epoch") is not None and data.get("steps") else {}
+
+
+def target_of(policy_args: dict[str, Any] | None) -> float:
+    """The classic delay target the drain time is measured against: the policy's own
+    (target_ms), else PIE's and sch_dualpi2's 15 ms."""
+    value = (policy_args or {}).get("target_ms")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 \
+        else DEFAULT_TARGET_MS
+
+
+def of_run(cap: dict[str, Any], pkts: pd.DataFrame, duration_s: float, policy_args: dict[str, Any] | None,
+           sample_rate: float = 1.0) -> dict[str, Any]:
+    """The dynamics figures of a run from its capacity record; times since the scenario's start."""
+    t0 = float(cap["t0_epoch"])
+    steps = [(float(t) - t0, float(r)) for t, r in cap["steps"]]
+    changes = [(float(t), float(a), float(b)) for t, a, b in cap.get("changes") or []]
+    out = analyse(steps, changes, pkts, t0, duration_s, target_of(policy_args), sample_rate,
+                  trace_interval_s=1.0 if cap.get("kind") in ("mahimahi", "trace") else None)
+    out.update(kind=cap.get("kind"), datapath=cap.get("datapath"), t0_epoch=t0)
+    for key in ("late_ms_p50", "late_ms_p99", "late_ms_max", "opportunities_used", "opportunities_offered"):
+        if key in cap:
+            out[key] = cap[key]
+    return out
+
+
+def capacity_series(cap: dict[str, Any], run_t0: float, t: np.ndarray) -> np.ndarray:
+    """The capacity in force (Mbit/s) at times t (seconds since the run's origin run_t0)."""
+    sched = capacity_schedule([(float(x) - run_t0, float(r)) for x, r in cap["steps"]])
+    return np.array([sched.value_at(x) / 1e6 for x in t])

@@ -57,6 +57,8 @@ class LinkDynamics:
     trace_file: str | None = None  # as resolved (absolute), for the manifest and the state
     rtt: sm.Schedule | None = None  # the whole RTT; split between directions like the static one
     loss: lossmod.LossModel | None = None
+    source: str = ""  # the file that gave it, and the key path of its bottleneck mapping,
+    prefix: str = ""  # so a run-time error names both (e.g. 'links[2].bottleneck.')
 
     @property
     def dynamic(self) -> bool:
@@ -147,7 +149,8 @@ class LinkDynamics:
         def steps(s: sm.Schedule | None) -> list[list[float]] | None:
             return None if s is None else [[x.at, x.value, x.ramp] for x in s.steps]
         return {"rate": steps(self.rate), "trace": self.trace_file, "rtt": steps(self.rtt),
-                "loss": self.loss.to_dict() if self.loss is not None else None}
+                "loss": self.loss.to_dict() if self.loss is not None else None,
+                "source": self.source, "prefix": self.prefix}
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> LinkDynamics:
@@ -161,14 +164,16 @@ class LinkDynamics:
         if data.get("trace") and trace is None:
             rate = sm.load_csv(data["trace"])
         return cls(rate=rate, trace=trace, trace_file=data.get("trace"), rtt=sched(data.get("rtt"), "rtt"),
-                   loss=lossmod.LossModel(**data["loss"]) if data.get("loss") else None)
+                   loss=lossmod.LossModel(**data["loss"]) if data.get("loss") else None,
+                   source=data.get("source", ""), prefix=data.get("prefix", ""))
 
 
-def parse(data: dict[str, Any], base_dir: str | Path = ".") -> LinkDynamics:
+def parse(data: dict[str, Any], base_dir: str | Path = ".", source: str = "",
+          prefix: str = "") -> LinkDynamics:
     """The dynamic keys of a bottleneck mapping (`rate` as a list, `trace`, `rtt` as a list,
     `loss`). Static values (a rate string, an rtt string) are left to the static spec.
     Raises DynamicsError naming the key below the bottleneck."""
-    out = LinkDynamics()
+    out = LinkDynamics(source=source, prefix=prefix)
     rate = data.get("rate")
     if isinstance(rate, list) or isinstance(rate, dict):
         out.rate = _steps(rate, "rate")

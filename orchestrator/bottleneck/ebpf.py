@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import link
-from orchestrator.bottleneck import bpfobj
+from orchestrator.bottleneck import bpfobj, dynamic_run
 from orchestrator.bottleneck.base import Datapath
 from orchestrator.errors import UserError
 from orchestrator.testbed import Testbed
@@ -65,6 +65,8 @@ class EbpfDatapath(Datapath):
         self.cfg_path: str | None = None  # on the router
         self.tel: Path | None = None
         self.remote: str | None = None  # where the router writes telemetry (Testbed.workdir)
+        self.timer: dynamic_run.HtbTimer | None = None  # a dynamic link's rate changes
+        self.run_dir: Path | None = None
 
     def unsupported(self, policy: Policy) -> str | None:
         why = super().unsupported(policy)
@@ -86,8 +88,15 @@ class EbpfDatapath(Datapath):
         try:
             self._agent_cmd("setup")
             qc = policy.queue_config()
-            self._install_dualq(qc.c_protection if qc.dualq else 1.0)  # one queue: all C
+            c_share = qc.c_protection if qc.dualq else 1.0  # one queue: all C
+            self._install_dualq(c_share)
             self._start_agent(tel / "ebpf-agent.log")
+            # a dynamic link: the timer changes all three classes together, shares kept
+            self.run_dir = run_dir
+            self.timer = dynamic_run.start_timer(self, run_dir, [
+                {"parent": "1:", "classid": "1:1", "share": 1.0},
+                {"parent": "1:1", "classid": CLASS_L, "share": 1 - c_share, "prio": 0},
+                {"parent": "1:1", "classid": CLASS_C, "share": c_share, "prio": 1}])
         except BaseException:
             self.clean(self.testbed)
             raise
@@ -153,6 +162,9 @@ class EbpfDatapath(Datapath):
     # ---- stop
     def stop(self) -> dict[str, Any]:
         counters: dict[str, Any] = {"datapath": self.name}
+        timer, self.timer = self.timer, None
+        if timer is not None:
+            timer.stop()
         if self.agent is not None:
             rc = self.agent.poll()
             counters["agent_died"] = rc is not None
@@ -167,6 +179,7 @@ class EbpfDatapath(Datapath):
         finally:
             self.clean(self.testbed)
             self._fetch()
+        counters.update(dynamic_run.finish_timer(self, timer, self.run_dir))
         stats = self.tel / "ebpf-agent-stats.json" if self.tel else None
         if self.agent is not None and stats is not None and stats.exists():
             counters.update(json.loads(stats.read_text()))

@@ -67,3 +67,22 @@ def linux_timeline(bn: Bottleneck, dyn: LinkDynamics, duration_s: float,
     classes = classes or [BASELINE_CLASS]
     return [(t, rate, [class_change_argv(bn.egress, c, rate) for c in classes])
             for t, rate in dyn.capacity_steps(duration_s) if t < duration_s]
+
+
+def netem_timeline(bn: Bottleneck, dyn: LinkDynamics, router_ifaces: list[str]) -> Timeline:
+    """`tc qdisc change ... netem delay` on the router's interfaces towards the senders (the
+    reverse path, where the whole RTT goes by default), for kernels with netem. A forward
+    share would need a timer on the receiver too: refused."""
+    from orchestrator.errors import UserError
+
+    if dyn.rtt is None:
+        return []
+    if bn.forward_delay_s > 0:
+        raise UserError("an rtt schedule with netem needs the whole RTT on the reverse path "
+                        "(rtt:, not delay: {forward, reverse})")
+    out: Timeline = []
+    for t, rtt in dyn.rtt.steps_for(float("inf")):
+        cmds = [["tc", "qdisc", "change", "dev", dev, "root", "netem", "delay", f"{rtt * 1e6:.0f}us",
+                 "limit", "100000"] for dev in router_ifaces]
+        out.append((t, rtt, cmds))
+    return out
