@@ -89,6 +89,7 @@ def test_sampled_telemetry_scales_bytes() -> None:
     pkts = train(0, 10, 50e6, 1.0).iloc[::4]
     out = dynamics.analyse([(0, 50e6)], [], pkts, T0, 10.0, sample_rate=0.25)
     assert out["utilization"] == pytest.approx(1.0, abs=1e-3)
+    assert out["intervals"][0]["utilization"] == pytest.approx(1.0, abs=1e-3)
 
 
 def test_trace_intervals() -> None:
@@ -104,3 +105,11 @@ def test_capacity_schedule_folds_early_and_equal_times() -> None:
     assert cap.value_at(0) == 7e6 and cap.value_at(2) == 3e6
     cap = dynamics.capacity_schedule([(1.0, 4e6)])
     assert cap.value_at(0) == 4e6
+
+
+def test_just_over_target_counts_as_over() -> None:
+    # 20 ms (over a 15 ms target, under twice it) for 1 s, then 10 ms: drained after 1 s
+    pkts = pd.concat([train(0, 10, 50e6, 2.0),
+                      train(10, 20, 10e6, lambda t: np.where(t < 11.0, 20.0, 10.0))], ignore_index=True)
+    drop = dynamics.analyse(CAP[:2], CHANGES[:1], pkts, T0, 20.0)["changes"][0]
+    assert drop["drain_s"] == pytest.approx(1.0) and drop["drained"] is True

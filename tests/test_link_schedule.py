@@ -127,6 +127,7 @@ def test_mahimahi_counts_and_repeats(tmp_path) -> None:
     assert t.per_period == 3 and t.period_ms == 10
     assert t.mean_rate_bps == pytest.approx(3.6e6)
     assert t.count(0, 0.010) == 3
+    assert t.count(0, 0.0039) == 0 and t.count(0, 0.004) == 2  # 4 ms is not in (0, 3.9 ms]
     assert t.count(0, 0.014) == 5  # 4, 4, 10, 14, 14
     assert t.count(0.004, 0.014) == 3  # (4, 14]: 10, 14, 14
     assert t.count(0, 1.0) == 300
@@ -216,7 +217,7 @@ def test_trace_service_delivers_the_trace_under_saturation(tmp_path) -> None:
     t = sm.load_mahimahi(write(tmp_path, "t", "".join(f"{m}\n" for m in (1, 1, 3, 7, 7, 7, 20))))
     svc = sm.TraceService(t, 0.0)
     free, n = 0.0, 0
-    while True:
+    for _ in range(10 * 7 * 50):  # bounded: a bug that stops the clock must fail, not hang
         _, free = svc.send(free, 1514)
         if free > 1.0:
             break
