@@ -90,3 +90,21 @@ def test_trace_driven_delivery_follows_the_opportunities(netns_testbed, tmp_path
     on_grid = np.isin(np.round(dep[(dep > lo) & (dep <= hi)] * 1e3).astype(int) % trace.period_ms,
                       np.array(ms) % trace.period_ms)
     assert on_grid.mean() > 0.99
+
+
+def test_drain_after_the_drop_is_worst_for_fifo(netns_testbed, tmp_path):
+    """DualPI2, PIE and FIFO on the step: summary and report carry the peak delay and the
+    drain time after the drop, and FIFO (a 1.5 BDP tail-drop buffer) drains last."""
+    tb = netns_testbed(dumbbell_yaml(unique_name("dyn")))
+    flows = [{"name": "l4s", "kind": "l4s", "src": "s1", "dst": "rx"},
+             {"name": "cubic", "kind": "tcp", "src": "s2", "dst": "rx", "cc": "cubic"}]
+    drains = {}
+    for policy in ("dualpi2", "pie", "fifo"):
+        d = run(tb, tmp_path / policy, dynamic.parse({"rate": STEP}).to_json(), flows, policy=policy)
+        summary = json.loads((d / "summary.json").read_text())
+        drop = next(c for c in summary["dynamics"]["changes"] if c["kind"] == "drop")
+        assert drop["peak_delay_ms"]["classic"] > 15  # the drop builds a queue for everyone
+        drains[policy] = drop["drain_s"] if drop["drained"] else float("inf")
+        page = (d / "report.html").read_text()
+        assert "Dynamic link: per change" in page and "classic drain (s)" in page
+    assert drains["fifo"] > max(drains["dualpi2"], drains["pie"]), drains
