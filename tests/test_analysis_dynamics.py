@@ -113,3 +113,24 @@ def test_just_over_target_counts_as_over() -> None:
                       train(10, 20, 10e6, lambda t: np.where(t < 11.0, 20.0, 10.0))], ignore_index=True)
     drop = dynamics.analyse(CAP[:2], CHANGES[:1], pkts, T0, 20.0)["changes"][0]
     assert drop["drain_s"] == pytest.approx(1.0) and drop["drained"] is True
+
+
+def test_run_record_round_trip(tmp_path) -> None:
+    """The capacity record the datapaths write, read back into per-change figures with times
+    since the scenario's start (t0_epoch), and the policy's target used for the drain."""
+    import json
+
+    tel = tmp_path / "telemetry"
+    tel.mkdir()
+    (tel / "capacity.json").write_text(json.dumps({
+        "kind": "steps", "t0_epoch": T0, "steps": [[T0 + t, r] for t, r in CAP],
+        "changes": [list(c) for c in CHANGES], "late_ms_p99": 4.2}))
+    cap = dynamics.read_capacity(tmp_path)
+    out = dynamics.of_run(cap, step_run(), 30.0, {"target_ms": 20.0})
+    assert out["target_ms"] == 20.0 and out["late_ms_p99"] == 4.2
+    assert out["changes"][0]["drain_s"] == pytest.approx(1.0)
+    assert dynamics.target_of({}) == 15.0 and dynamics.target_of({"target_ms": True}) == 15.0
+    series = dynamics.capacity_series(cap, T0 - 2.0, np.array([0.0, 12.5, 21.9]))
+    assert series.tolist() == [50.0, 10.0, 10.0]  # 2 s before the scenario: the first rate
+    (tel / "capacity.json").write_text("{}")
+    assert dynamics.read_capacity(tmp_path) == {}

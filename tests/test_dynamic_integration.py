@@ -108,3 +108,32 @@ def test_drain_after_the_drop_is_worst_for_fifo(netns_testbed, tmp_path):
         page = (d / "report.html").read_text()
         assert "Dynamic link: per change" in page and "classic drain (s)" in page
     assert drains["fifo"] > max(drains["dualpi2"], drains["pie"]), drains
+
+
+@pytest.mark.parametrize("datapath, policy", [("kernel", "fifo"), ("ebpf", "dualpi2")])
+def test_htb_datapaths_apply_the_schedule_from_a_timer(netns_testbed, tmp_path, datapath, policy):
+    from orchestrator.run import Run, RunConfig
+    from orchestrator.scenario import Scenario
+
+    tb = netns_testbed(dumbbell_yaml(unique_name("dyn"), senders=1))
+    scenario = Scenario.model_validate({"duration": "12s", "flows": [
+        {"name": "bulk", "kind": "tcp", "src": "s1", "dst": "rx", "cc": "cubic"}]})
+    d = Run(tb, scenario, RunConfig(policy=policy, datapath=datapath, results_root=tmp_path,
+                                    link_dynamics=dynamic.parse({"rate": STEP}).to_json())).execute()
+    cap = json.loads((d / "telemetry/capacity.json").read_text())
+    t0 = cap["t0_epoch"]
+    assert [r for _, r in cap["steps"]] == [50e6, 10e6, 50e6]
+    # each change took effect after it was due, and not much after (tc's start-up)
+    for (applied, _), (due, _) in zip(cap["steps"], cap["due"], strict=True):
+        assert 0 <= applied - due < 0.1
+    assert [round(due - t0, 6) for due, _ in cap["due"]] == [0.0, 4.0, 8.0]
+    assert cap["late_ms_p99"] is not None
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert manifest["datapath_counters"]["schedule"]["changes"] == 3
+    # the kernel's HTB is back at the testbed's rate after the run
+    shown = tb.run(tb.bottleneck.router, ["tc", "class", "show", "dev", tb.bottleneck.egress]).stdout
+    assert "rate 50Mbit" in shown
+    ts = pd.read_parquet(d / "tables/timeseries.parquet")
+    shift = t0 - manifest["started"]
+    mid = ts[(ts["t"] >= shift + 5.0) & (ts["t"] < shift + 7.9)]["bulk_goodput_mbps"].mean()
+    assert mid == pytest.approx(10 * PAYLOAD_SHARE, rel=0.08)

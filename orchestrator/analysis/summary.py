@@ -94,7 +94,11 @@ def _dynamics(a: Analysis, pkts: pd.DataFrame) -> None:
         a.summary["notes"].append("dynamic link: no per-packet telemetry, so no per-change figures")
         a.summary["dynamics"] = clean({"kind": cap.get("kind"), "changes": [], "intervals": []})
         return
-    dyn = dynmod.of_run(cap, pkts, duration, a.run.manifest.get("policy_args"), a.run.sample_rate)
+    try:
+        dyn = dynmod.of_run(cap, pkts, duration, a.run.manifest.get("policy_args"), a.run.sample_rate)
+    except (KeyError, TypeError, ValueError) as e:  # a damaged record must not cost the rest
+        a.summary["notes"].append(f"dynamic link: unreadable telemetry/capacity.json ({e})")
+        return
     a.summary["utilization_nominal"] = a.summary.get("utilization")
     a.summary["utilization"] = dyn["utilization"]
     a.summary["capacity_mean_mbps"] = dyn["capacity_mean_mbps"]

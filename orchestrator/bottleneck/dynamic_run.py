@@ -143,7 +143,7 @@ def write_capacity(run_dir: Path, dyn: LinkDynamics, datapath: str,
            "due": [[r["due"], r["rate_bps"]] for r in rows],
            "changes": [list(c) for c in dyn.changes()], "samples": [],
            "note": "HTB class changes by the timer process; each rate from when tc returned",
-           **lateness(rows)}
+           **{k: v for k, v in lateness(rows).items() if k != "changes"}}
     (tel / "capacity.json").write_text(json.dumps(out))
     return lateness(rows)
 
