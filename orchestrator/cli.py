@@ -128,7 +128,7 @@ def _register_optional() -> None:
     for mod in ("orchestrator.commands.run", "orchestrator.commands.analysis",
                 "orchestrator.commands.ml", "orchestrator.commands.policies",
                 "orchestrator.commands.bench", "orchestrator.commands.regress",
-                "orchestrator.commands.collect"):
+                "orchestrator.commands.collect", "orchestrator.commands.trace"):
         try:
             module = importlib.import_module(mod)
         except ModuleNotFoundError as e:

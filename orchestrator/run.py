@@ -29,6 +29,7 @@ DATAPATHS = {"nfqueue": "orchestrator.bottleneck.nfqueue:NfqueueDatapath",
              "kernel": "orchestrator.bottleneck.kernel:KernelDatapath",
              "dummynet": "orchestrator.bottleneck.dummynet:DummynetDatapath"}
 DEFAULT_DATAPATH = "nfqueue"
+SAID: set[str] = set()  # warnings already given in this process
 
 
 @dataclass
@@ -84,13 +85,21 @@ class Run:
         workloads.validate(testbed, self.scenario.flows, self.scenario.duration_s)
         from orchestrator.bottleneck import dynamic, dynamic_run
 
+        self.link_static: dict[str, Any] = {}
+        self.link_seen: Any = None
+        if config.link_dynamics is None:  # the testbed file's link, with the scenario's override
+            config.link_dynamics, self.link_static = dynamic_run.for_run(testbed, self.scenario)
         self.dynamics = dynamic.LinkDynamics.from_json(config.link_dynamics) if config.link_dynamics else None
-        self.warnings = dynamic_run.check(self.dynamics, config.datapath, self.scenario.duration_s)
+        # said once per process: a sweep of ten points warns about its schedule once
+        said = dynamic_run.check(self.dynamics, config.datapath, self.scenario.duration_s)
+        self.warnings = [w for w in said if w not in SAID]
+        SAID.update(self.warnings)
         self.datapath.duration_s = self.scenario.duration_s
         self.dir: Path | None = None
 
     def manifest(self, status: str, **extra: Any) -> dict[str, Any]:
-        bn = self.tb.bottleneck
+        # the link as the run had it (a scenario's `link:` sets it for the run only)
+        bn = self.link_seen or self.tb.bottleneck
         return {
             "run_id": self.dir.name if self.dir else None, "status": status, "pid": os.getpid(),
             "policy": self.policy.name, "policy_args": _params(self.policy),
@@ -122,7 +131,11 @@ class Run:
         try:
             progress("deploying policy", -1)
             run_dir = self.dir
-            with dynamic_run.applied(self.tb, self.dynamics, run_dir, self.scenario.duration_s):
+            with dynamic_run.applied(self.tb, self.dynamics, run_dir, self.scenario.duration_s,
+                                     self.link_static):
+                import copy
+
+                self.link_seen = copy.copy(self.tb.bottleneck)
                 self.datapath.start(self.policy, self.dir)
                 try:
                     with Capture(self.tb, self.dir):

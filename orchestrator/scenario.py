@@ -106,6 +106,9 @@ class Scenario(BaseModel):
     policy_args: dict[str, Any] = {}
     # lists of values to sweep: keys 'policy', 'rate', 'rtt', 'buffer', 'datapath'
     sweep: dict[str, list[Any]] = {}
+    # the bottleneck for this scenario's runs, over the testbed file's: rate (or a schedule),
+    # trace, rtt (or a schedule), buffer, loss (bottleneck/dynamic.py); restored after the run
+    link: dict[str, Any] | None = None
 
     @field_validator("duration")
     @classmethod
@@ -119,6 +122,12 @@ class Scenario(BaseModel):
         return units.seconds(self.duration)
 
     def check(self, spec: Spec, source: str, prefix: str = "scenario.") -> None:
+        if self.link is not None:
+            from pathlib import Path
+
+            from orchestrator.bottleneck.dynamic import check_mapping
+
+            check_mapping(self.link, Path(source).parent, source, f"{prefix}link.")
         names = {h.name: h.role for h in spec.hosts}
         seen: set[str] = set()
         for i, flow in enumerate(self.flows):

@@ -47,7 +47,8 @@ def pending(sweep_dir: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def execute(tb: Testbed, sweep_dir: Path, progress: Progress | None = None,
-            on_run: Callable[[Path], None] | None = None) -> list[Path]:
+            on_run: Callable[[Path], None] | None = None,
+            on_warning: Callable[[str], None] | None = None) -> list[Path]:
     """Run every pending point; restore the testbed's link afterwards."""
     data = results.read_json(sweep_dir / "sweep.json")
     scenario = Scenario.model_validate(data["scenario"])
@@ -63,6 +64,8 @@ def execute(tb: Testbed, sweep_dir: Path, progress: Progress | None = None,
                                policy_args=base["policy_args"], duration_s=base["duration_s"],
                                seed=p["seed"], results_root=sweep_dir, label=point)
             run = Run(tb, scenario, config)
+            for warning in run.warnings if on_warning else ():
+                on_warning(warning)
             try:
                 run_dir = run.execute(progress)
                 _set(sweep_dir, i, run=run_dir.name, status="complete")

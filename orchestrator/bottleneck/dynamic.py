@@ -252,3 +252,72 @@ def describe(dyn: LinkDynamics) -> str:
     if dyn.loss is not None:
         parts.append(f"loss {dyn.loss.mean_loss:.2%}")
     return ", ".join(parts)
+
+
+# ---------------------------------------------------------------- link mappings in files
+
+LINK_KEYS = ("rate", "rtt", "buffer", "trace", "loss")
+
+
+def with_absolute_trace(data: Any, base_dir: str | Path) -> Any:
+    """A copy of a link mapping with `trace` made absolute (relative to the file that gave
+    it), so the mapping means the same wherever it is read later (state, sweeps, manifests)."""
+    if not isinstance(data, dict) or not isinstance(data.get("trace"), str) or not data["trace"].strip():
+        return data
+    path = Path(data["trace"])
+    return {**data, "trace": str(path if path.is_absolute() else (Path(base_dir) / path).resolve())}
+
+
+def check_mapping(data: Any, base_dir: str | Path, source: str, prefix: str,
+                  allowed: tuple[str, ...] = LINK_KEYS) -> LinkDynamics:
+    """Check a link mapping (a scenario's `link:` override, or the dynamic keys of a
+    bottleneck) and return its dynamics. Raises SpecError naming the file and the key."""
+    from orchestrator.errors import SpecError
+
+    where = prefix.rstrip(".")
+    if not isinstance(data, dict):
+        raise SpecError(source, where, f"expected a mapping with some of: {', '.join(allowed)}")
+    for key in data:
+        if key not in allowed:
+            raise SpecError(source, prefix + str(key), f"unknown key (expected one of: {', '.join(allowed)})")
+    if isinstance(data.get("rate"), str) and _bad(units.rate_bps, data["rate"], lambda v: v > 0):
+        raise SpecError(source, prefix + "rate", f"expected a positive rate like '50mbit' or a list of "
+                                                 f"steps, got {data['rate']!r}")
+    if isinstance(data.get("rtt"), str) and _bad(units.seconds, data["rtt"], lambda v: v >= 0):
+        raise SpecError(source, prefix + "rtt", f"expected a time like '20ms' or a list of steps, "
+                                                f"got {data['rtt']!r}")
+    for key in ("rate", "rtt"):
+        if key in data and not isinstance(data[key], (str, list)):
+            example = "50mbit" if key == "rate" else "20ms"
+            raise SpecError(source, prefix + key, f"expected a value like {example!r} or a list of "
+                                                  f"steps, got {data[key]!r}")
+    if "buffer" in data:
+        from orchestrator.spec import _parse_buffer
+
+        try:
+            _parse_buffer(data["buffer"], 1e6, 0.02)
+        except ValueError as e:
+            raise SpecError(source, prefix + "buffer", str(e)) from None
+    try:
+        return parse(data, base_dir, source, prefix)
+    except DynamicsError as e:
+        raise SpecError(source, prefix + e.key, e.message) from None
+
+
+def _bad(fn: Callable[[Any], float], value: Any, ok: Callable[[float], bool]) -> bool:
+    try:
+        return not ok(fn(value))
+    except ValueError:
+        return True
+
+
+def nominal(data: dict[str, Any], dyn: LinkDynamics | None = None) -> tuple[float | None, float | None]:
+    """(rate bit/s, RTT s) the static parts use for a link mapping: a static value as given,
+    a schedule's first value, a trace's mean; None where the mapping says nothing."""
+    dyn = dyn if dyn is not None else parse(data)
+    rate = dyn.nominal_rate_bps()
+    if rate is None and isinstance(data.get("rate"), str):
+        rate = units.rate_bps(data["rate"])
+    rtt = dyn.rtt.initial if dyn.rtt is not None else (
+        units.seconds(data["rtt"]) if isinstance(data.get("rtt"), str) else None)
+    return rate, rtt

@@ -180,13 +180,27 @@ def check(dyn: LinkDynamics | None, datapath: str, duration_s: float) -> list[st
 
 
 @contextmanager
-def applied(tb: Testbed, dyn: LinkDynamics | None, run_dir: Path, duration_s: float) -> Iterator[None]:
-    """For one run: the dynamics where the datapaths find them, and a delay schedule on the
-    delay line (restarted with it) or, where the kernel has netem, on a timer. Restored after."""
+def applied(tb: Testbed, dyn: LinkDynamics | None, run_dir: Path, duration_s: float,
+            static: dict[str, Any] | None = None) -> Iterator[None]:
+    """For one run: the scenario's static link values (rate, RTT, buffer: set, then restored),
+    the dynamics where the datapaths find them, and a delay schedule on the delay line
+    (restarted with it) or, where the kernel has netem, on a timer. Restored after."""
+    from orchestrator import link
+
+    if static:
+        bn = tb.bottleneck
+        saved = (bn.rate_bps, bn.rtt_s, tb.extra.get("buffer_spec"))
+        link.reconfigure(tb, rate_bps=static.get("rate_bps"), rtt_s=static.get("rtt_s"),
+                         buffer=static.get("buffer"))
+        try:
+            with applied(tb, dyn, run_dir, duration_s):
+                yield
+        finally:
+            link.reconfigure(tb, rate_bps=saved[0], rtt_s=saved[1], buffer=saved[2])
+        return
     if dyn is None or not dyn.dynamic:
         yield
         return
-    from orchestrator import link
     from orchestrator.bottleneck.schedule_commands import netem_timeline
 
     bn = tb.bottleneck
@@ -216,3 +230,32 @@ def applied(tb: Testbed, dyn: LinkDynamics | None, run_dir: Path, duration_s: fl
         if restarted:  # back to the testbed's static delay line
             link.stop_delay(tb)
             link.start_delay(tb)
+
+
+def for_run(tb: Testbed, scenario: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(the run's dynamics as JSON or None, the static link values to set for the run) from
+    the testbed file's bottleneck and the scenario's `link:` override (its keys win)."""
+    from orchestrator.bottleneck.dynamic import nominal, parse
+
+    spec_bn: dict[str, Any] = {}
+    for lk in (tb.spec_data or {}).get("links") or []:
+        if isinstance(lk, dict) and lk.get("bottleneck"):
+            spec_bn = {k: v for k, v in lk["bottleneck"].items() if v is not None}
+    override = dict(getattr(scenario, "link", None) or {})
+    merged = {k: spec_bn[k] for k in ("rate", "rtt", "trace", "loss") if k in spec_bn}
+    if "rate" in override or "trace" in override:  # the scenario's capacity replaces the testbed's
+        merged.pop("rate", None)
+        merged.pop("trace", None)
+    merged.update({k: v for k, v in override.items() if k != "buffer"})
+    source = str((tb.spec_data or {}).get("source") or "")
+    dyn = parse(merged, "/", source=source, prefix="link." if override else "bottleneck.")
+    static: dict[str, Any] = {}
+    if override:
+        rate, rtt = nominal({k: v for k, v in override.items() if k in ("rate", "rtt", "trace")})
+        if rate is not None:
+            static["rate_bps"] = rate
+        if rtt is not None:
+            static["rtt_s"] = rtt
+        if "buffer" in override:
+            static["buffer"] = override["buffer"]
+    return (dyn.to_json() if dyn.dynamic else None), static

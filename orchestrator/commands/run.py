@@ -47,6 +47,10 @@ def load_scenario(path: str | None, tb: Any) -> Any:
         data, prefix = data["scenario"], "scenario."
     if not isinstance(data, dict):
         raise SpecError(path, prefix.rstrip("."), "expected a mapping with 'flows'")
+    if "link" in data:  # a trace is named relative to the scenario file
+        from orchestrator.bottleneck.dynamic import with_absolute_trace
+
+        data = {**data, "link": with_absolute_trace(data["link"], Path(path).parent)}
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as e:
@@ -103,7 +107,8 @@ def run(policy: str | None, datapath: str | None, scenario_file: str | None, dur
         sweep_dir = sweep.create(Path(results_root), scenario, config, repeat)
     with RunProgress() as progress:
         runs = sweep.execute(tb, sweep_dir, progress.update,
-                             on_run=lambda d: progress.log(f"done: {d}"))
+                             on_run=lambda d: progress.log(f"done: {d}"),
+                             on_warning=lambda w: click.echo(f"warning: {w}", err=True))
     for run_dir in runs:
         print_summary(run_dir, as_json)
     click.echo(f"sweep: {sweep_dir} ({len(runs)} runs)")
@@ -115,6 +120,8 @@ def _single(tb: Any, scenario: Any, config: Any, root: Path, as_json: bool) -> N
 
     config.results_root = root
     run_ = Run(tb, scenario, config)
+    for warning in run_.warnings:
+        click.echo(f"warning: {warning}", err=True)
     try:
         with RunProgress(total_s=run_.scenario.duration_s) as progress:
             run_dir = run_.execute(progress.update)
