@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator, model_validator
 
 from orchestrator import units
 from orchestrator.errors import SpecError
@@ -109,6 +109,7 @@ class Scenario(BaseModel):
     # the bottleneck for this scenario's runs, over the testbed file's: rate (or a schedule),
     # trace, rtt (or a schedule), buffer, loss (bottleneck/dynamic.py); restored after the run
     link: dict[str, Any] | None = None
+    _source: str = PrivateAttr("")  # the file it came from, for errors found at run time
 
     @field_validator("duration")
     @classmethod

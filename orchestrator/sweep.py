@@ -32,7 +32,7 @@ def create(root: Path, scenario: Scenario, base: RunConfig, repeat: int) -> Path
     sweep_dir = root / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep_dir.mkdir(parents=True)
     results.write_json(sweep_dir / "sweep.json", {
-        "scenario": scenario.model_dump(mode="json"),
+        "scenario": scenario.model_dump(mode="json"), "scenario_source": scenario._source,
         "base": {"policy": base.policy, "datapath": base.datapath, "policy_args": base.policy_args,
                  "duration_s": base.duration_s},
         "points": points(scenario.sweep or {"policy": [base.policy]}, repeat, base.seed)})
@@ -52,6 +52,7 @@ def execute(tb: Testbed, sweep_dir: Path, progress: Progress | None = None,
     """Run every pending point; restore the testbed's link afterwards."""
     data = results.read_json(sweep_dir / "sweep.json")
     scenario = Scenario.model_validate(data["scenario"])
+    scenario._source = data.get("scenario_source", "")
     base = data["base"]
     saved = (tb.bottleneck.rate_bps, tb.bottleneck.rtt_s, tb.extra.get("buffer_spec"))
     done = []

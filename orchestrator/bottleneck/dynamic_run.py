@@ -247,7 +247,8 @@ def for_run(tb: Testbed, scenario: Any) -> tuple[dict[str, Any] | None, dict[str
         merged.pop("rate", None)
         merged.pop("trace", None)
     merged.update({k: v for k, v in override.items() if k != "buffer"})
-    source = str((tb.spec_data or {}).get("source") or "")
+    own = getattr(scenario, "_source", "") if override else ""
+    source = str(own or (tb.spec_data or {}).get("source") or "")
     dyn = parse(merged, "/", source=source, prefix="link." if override else "bottleneck.")
     static: dict[str, Any] = {}
     if override:

@@ -57,6 +57,7 @@ def load_scenario(path: str | None, tb: Any) -> Any:
         err = e.errors()[0]
         raise SpecError(path, prefix + key_path(err["loc"]), _message(err)) from None
     scenario.check(spec, path, prefix)
+    scenario._source = path
     return scenario
 
 
