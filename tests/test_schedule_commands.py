@@ -78,3 +78,27 @@ def test_netem_timeline_changes_the_reverse_delay():
     bn2, _, _ = topology(fwd=0.005, rev=0.015)
     with pytest.raises(Exception, match="reverse path"):
         sc.netem_timeline(bn2, dm.parse(SAT), ["vtnet1"])
+
+
+def test_dummynet_datapath_builds_the_runs_timeline():
+    """The dummynet datapath turns the run's dynamics (as the run leaves them on the testbed)
+    into the pipe commands of the router's own AQM and parameters."""
+    from types import SimpleNamespace
+
+    from orchestrator.bottleneck.dummynet import DummynetDatapath
+
+    bn, r1, hosts = topology(fwd=0.0, rev=0.02)
+
+    class Tb:
+        bottleneck = bn
+        extra = {"link_dynamics": dm.parse({"rate": STEP}).to_json()}
+
+    dp = DummynetDatapath.__new__(DummynetDatapath)
+    dp.testbed = Tb()
+    dp._router = lambda: SimpleNamespace(aqm="codel", aqm_args={"target": "5ms"})
+    tl = dp.timeline(30)
+    pipes = [parse_config(cmds[0], sysctl_map(bn)) for _, _, cmds in tl]
+    assert [p["bw"] for p in pipes] == [50e6, 10e6, 50e6]
+    assert all(p["aqm"] == "codel" and p["aqm_params"] == {"target": 5000} for p in pipes)
+    Tb.extra = {}
+    assert dp.timeline(30) == []

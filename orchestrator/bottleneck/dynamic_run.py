@@ -72,7 +72,7 @@ def finish_timer(datapath: Any, timer: HtbTimer | None, run_dir: Path | None) ->
     out = timer.stop()
     dyn = of(datapath.testbed)
     if dyn is not None:
-        out["schedule"] = write_capacity(Path(run_dir), dyn, datapath.name)
+        out["schedule"] = write_capacity(Path(run_dir), dyn, datapath.name, timer.name)
     return out
 
 
