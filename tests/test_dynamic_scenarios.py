@@ -1,0 +1,75 @@
+"""The shipped dynamic scenarios load against the default testbed, and `testbed trace`
+makes and reads traces through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from orchestrator import spec as specmod
+from orchestrator.bottleneck import dynamic_run
+from orchestrator.bottleneck import schedule as sm
+from orchestrator.commands.run import load_scenario
+
+from conftest import ROOT, run_cli
+
+SHIPPED = ["step-50-10-50", "satellite-leo", "cellular-1", "cellular-2", "cellular-3"]
+
+
+class _Tb:
+    """What load_scenario and for_run need of a testbed that is up: its spec."""
+
+    name = "mininet"
+
+    def __init__(self) -> None:
+        self.spec_obj = specmod.load(ROOT / "testbeds/mininet-like.yaml")
+        self.spec_data = self.spec_obj.model_dump(mode="json")
+
+    def spec(self):
+        return self.spec_obj
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_scenarios_load(name: str) -> None:
+    tb = _Tb()
+    scenario = load_scenario(str(ROOT / "scenarios" / f"{name}.yaml"), tb)
+    dyn_json, static = dynamic_run.for_run(tb, scenario)
+    assert dyn_json is not None and static["rate_bps"] > 0
+    dyn = dynamic_run.LinkDynamics.from_json(dyn_json)
+    assert dyn.check_run("nfqueue", scenario.duration_s) == []  # no schedule outlasts its run
+    if name.startswith("cellular"):
+        assert dyn.trace is not None and dyn.trace.period_ms == 30000
+        assert static["rtt_s"] == pytest.approx(0.04) and static["buffer"] == "200p"
+    if name == "satellite-leo":
+        assert [s.at for s in dyn.rate.steps] == [0, 15, 30, 45] == [s.at for s in dyn.rtt.steps]
+    if name == "step-50-10-50":
+        assert dyn.changes() == [(10.0, 50e6, 10e6), (20.0, 10e6, 50e6)]
+
+
+def test_trace_generate_and_show(tmp_path) -> None:
+    out = tmp_path / "t.trace"
+    res = run_cli("trace", "generate", "--seed", "4", "--duration", "5s", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    trace = sm.load_mahimahi(out)
+    assert trace.period_ms == 5000
+    assert f"{trace.per_period} delivery opportunities" in res.stdout
+    meta = json.loads((tmp_path / "t.trace.json").read_text())
+    assert meta["seed"] == 4 and meta["opportunities"] == trace.per_period
+    again = tmp_path / "u.trace"
+    run_cli("trace", "generate", "--seed", "4", "--duration", "5s", "--out", str(again), check=True)
+    assert again.read_text() == out.read_text()  # seeded
+    res = run_cli("trace", "show", str(out))
+    assert res.returncode == 0 and f"period 5 s, {trace.per_period} opportunities" in res.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--levels", "1,x"], "--levels: expected rates in Mbit/s"),
+    (["--stay", "2"], "--stay: expected a probability"),
+    (["--duration", "0s"], "--duration: expected a positive duration"),
+])
+def test_trace_generate_bad_arguments(tmp_path, args: list[str], words: str) -> None:
+    res = run_cli("trace", "generate", "--out", str(tmp_path / "t"), *args)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [f"error: {words}" + res.stderr.strip().split(words, 1)[1]]
+    assert not (tmp_path / "t").exists()
