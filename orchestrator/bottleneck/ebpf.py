@@ -123,7 +123,18 @@ class EbpfDatapath(Datapath):
             "policy": policy.name, "policy_args": _params(policy), "explore": explore,
             "tupdate_s": qc.tupdate_s,
             "out_dir": tel, "stats_file": f"{tel}/ebpf-agent-stats.json",
+            "capacity": self._capacity(tel),
         }
+
+    def _capacity(self, tel: str) -> dict[str, Any] | None:
+        """A dynamic link's rate steps, for the agent's step-marking arithmetic (RateFollower)."""
+        from orchestrator.bottleneck.dynamic import T0_FILE
+
+        dyn = dynamic_run.of(self.testbed)
+        if dyn is None or not dyn.varies_rate:
+            return None
+        steps = dyn.capacity_steps(getattr(self, "duration_s", dynamic_run.DEFAULT_DURATION_S))
+        return {"steps": [[t, r] for t, r in steps], "t0_path": f"{tel}/{T0_FILE}"}
 
     def _sample_every(self, rate_bps: float) -> int:
         if self.sample_rate is not None:
