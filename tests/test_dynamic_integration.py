@@ -137,3 +137,26 @@ def test_htb_datapaths_apply_the_schedule_from_a_timer(netns_testbed, tmp_path, 
     shift = t0 - manifest["started"]
     mid = ts[(ts["t"] >= shift + 5.0) & (ts["t"] < shift + 7.9)]["bulk_goodput_mbps"].mean()
     assert mid == pytest.approx(10 * PAYLOAD_SHARE, rel=0.08)
+
+
+def test_rtt_schedule_on_the_delay_line(netns_testbed, tmp_path):
+    """The delay line restarts with the schedule; a flow's RTT follows it; the testbed's own
+    delay line is back afterwards."""
+    name = unique_name("dyn")
+    tb = netns_testbed(dumbbell_yaml(name, senders=1))
+    dyn = dynamic.parse({"rtt": [{"at": "0s", "rtt": "20ms"}, {"at": "3s", "rtt": "80ms"}]}).to_json()
+    d = run(tb, tmp_path, dyn, [{"name": "l4s", "kind": "l4s", "src": "s1", "dst": "rx"}],
+            policy="dualpi2", duration=6.0)
+    applied = json.loads((d / "telemetry/delay-changes.json").read_text())
+    t0 = json.loads((d / "telemetry/schedule-t0").read_text())["t0_epoch"]
+    assert [a["due"] - t0 for a in applied] == pytest.approx([0.0, 3.0], abs=1e-3)  # clock conversion
+    assert all(0 <= a["applied"] - a["due"] < 0.02 for a in applied)
+    assert [a["base_s"]["1"] for a in applied] == pytest.approx([0.02, 0.08])
+    rtt = pd.read_parquet(d / "tables/rtt.parquet")
+    shift = t0 - json.loads((d / "manifest.json").read_text())["started"]
+    before = rtt[(rtt["t"] > shift + 1.0) & (rtt["t"] < shift + 2.9)]["rtt_ms"].median()
+    after = rtt[(rtt["t"] > shift + 4.0) & (rtt["t"] < shift + 5.9)]["rtt_ms"].median()
+    assert before == pytest.approx(20, abs=4) and after == pytest.approx(80, abs=6), (before, after)
+    state = json.loads(Path(f"/run/testbed/{name}/state.json").read_text())
+    assert "delay_schedule" not in state["extra"]
+    assert [p["tag"] for p in state["processes"]] == ["delayline"]
