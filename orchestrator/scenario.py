@@ -104,7 +104,8 @@ class Scenario(BaseModel):
     policy: str | None = None
     datapath: str | None = None
     policy_args: dict[str, Any] = {}
-    # lists of values to sweep: keys 'policy', 'rate', 'rtt', 'buffer', 'datapath'
+    # lists of values to sweep: keys 'policy', 'rate', 'rtt', 'buffer', 'datapath', and 'link'
+    # (link mappings, like `link:` below: schedules, traces, loss)
     sweep: dict[str, list[Any]] = {}
     # the bottleneck for this scenario's runs, over the testbed file's: rate (or a schedule),
     # trace, rtt (or a schedule), buffer, loss (bottleneck/dynamic.py); restored after the run
@@ -150,11 +151,19 @@ class Scenario(BaseModel):
                 raise SpecError(source, f"{path}.start",
                                 f"starts at {flow.start} but the scenario lasts {self.duration}")
         for key, values in self.sweep.items():
-            if key not in SWEEP_CHECKS:
+            if key not in SWEEP_CHECKS and key != "link":
                 raise SpecError(source, f"{prefix}sweep.{key}",
-                                "unknown sweep key (expected policy, rate, rtt, buffer or datapath)")
+                                "unknown sweep key (expected policy, rate, rtt, buffer, datapath or link)")
             if not values:
                 raise SpecError(source, f"{prefix}sweep.{key}", "expected a non-empty list")
+            if key == "link":
+                from pathlib import Path
+
+                from orchestrator.bottleneck.dynamic import check_mapping
+
+                for j, value in enumerate(values):
+                    check_mapping(value, Path(source).parent, source, f"{prefix}sweep.link[{j}].")
+                continue
             for j, value in enumerate(values):
                 try:
                     SWEEP_CHECKS[key](value)

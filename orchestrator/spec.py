@@ -402,8 +402,13 @@ def _absolute_traces(data: dict[str, Any], base: Path) -> dict[str, Any]:
         out["links"] = [{**lk, "bottleneck": with_absolute_trace(lk["bottleneck"], base)}
                         if isinstance(lk, dict) and isinstance(lk.get("bottleneck"), dict) else lk
                         for lk in out["links"]]
-    if isinstance(out.get("scenario"), dict) and "link" in out["scenario"]:
-        out["scenario"] = {**out["scenario"], "link": with_absolute_trace(out["scenario"]["link"], base)}
+    scen = out.get("scenario")
+    if isinstance(scen, dict) and "link" in scen:
+        scen = out["scenario"] = {**scen, "link": with_absolute_trace(scen["link"], base)}
+    if isinstance(scen, dict) and isinstance(scen.get("sweep"), dict) and \
+            isinstance(scen["sweep"].get("link"), list):
+        links = [with_absolute_trace(v, base) for v in scen["sweep"]["link"]]
+        out["scenario"] = {**scen, "sweep": {**scen["sweep"], "link": links}}
     return out
 
 

@@ -64,7 +64,10 @@ def execute(tb: Testbed, sweep_dir: Path, progress: Progress | None = None,
                                datapath=point.get("datapath", base["datapath"]),
                                policy_args=base["policy_args"], duration_s=base["duration_s"],
                                seed=p["seed"], results_root=sweep_dir, label=point)
-            run = Run(tb, scenario, config)
+            # a swept link mapping stands in for the scenario's own `link:`
+            here = scenario.model_copy(update={"link": point["link"]}) if "link" in point else scenario
+            here._source = scenario._source
+            run = Run(tb, here, config)
             for warning in run.warnings if on_warning else ():
                 on_warning(warning)
             try:

@@ -101,15 +101,23 @@ def test_a_schedule_longer_than_the_run_is_said_once(netns_testbed, tmp_path):
     name = unique_name("dlong")
     netns_testbed(dumbbell_yaml(name))
     scen = tmp_path / "long.yaml"
-    scen.write_text(f"duration: 3s\nlink: {{rate: {STEP}}}\n"
+    scen.write_text("duration: 3s\n"
                     "flows: [{name: bulk, kind: tcp, src: s1, dst: rx, cc: cubic}]\n"
-                    "sweep: {policy: [fifo, pie]}\n")
+                    f"sweep: {{policy: [fifo, pie],\n"
+                    f"        link: [{{rate: {STEP}}}, {{rate: 20mbit, rtt: 40ms}}]}}\n")
     res = run_cli("run", "--testbed", name, "--scenario", str(scen), "--results", str(tmp_path / "r"),
                   timeout=240)
     assert res.returncode == 0, res.stderr
     warnings = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
     assert warnings == [f"warning: {scen}: link.rate: the schedule runs to 20 s but the run lasts 3 s; "
                         "changes after that are not applied"]
+    # four runs: the swept link of each is in its manifest, the static one set for its run
+    manifests = [json.loads(p.read_text()) for p in sorted((tmp_path / "r").glob("sweep-*/*/manifest.json"))]
+    assert len(manifests) == 4
+    static = [m for m in manifests if m["link_dynamics"] is None]
+    assert len(static) == 2 and all(m["link_rate_bps"] == 20e6 and m["rtt_ms"] == 40 for m in static)
+    steps = [m["link_dynamics"]["rate"] for m in manifests if m["link_dynamics"]]
+    assert steps == [[[0.0, 50e6, 0.0], [10.0, 10e6, 0.0], [20.0, 50e6, 0.0]]] * 2
     # the testbed's own link is back after the runs
     state = json.loads(Path(f"/run/testbed/{name}/state.json").read_text())
     assert state["bottleneck"]["rate_bps"] == 50e6 and "link_dynamics" not in state["extra"]

@@ -73,3 +73,18 @@ def test_trace_generate_bad_arguments(tmp_path, args: list[str], words: str) -> 
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines() == [f"error: {words}" + res.stderr.strip().split(words, 1)[1]]
     assert not (tmp_path / "t").exists()
+
+
+def test_sweep_over_links(tmp_path) -> None:
+    from orchestrator.errors import SpecError
+
+    (tmp_path / "c.trace").write_text("1\n2\n")
+    path = tmp_path / "s.yaml"
+    path.write_text("duration: 5s\nflows: [{name: f, kind: tcp, src: s1, dst: rx}]\n"
+                    "sweep: {link: [{trace: c.trace}, {rate: [{at: 0s, rate: 5mbit}]}]}\n")
+    scenario = load_scenario(str(path), _Tb())
+    assert scenario.sweep["link"][0]["trace"] == str((tmp_path / "c.trace").resolve())
+    path.write_text("duration: 5s\nflows: [{name: f, kind: tcp, src: s1, dst: rx}]\n"
+                    "sweep: {link: [{rate: 5mbit}, {rate: [{at: 0s, rate: 0mbit}]}]}\n")
+    with pytest.raises(SpecError, match=r"sweep\.link\[1\]\.rate\[0\]\.rate: expected a positive rate"):
+        load_scenario(str(path), _Tb())

@@ -47,10 +47,14 @@ def load_scenario(path: str | None, tb: Any) -> Any:
         data, prefix = data["scenario"], "scenario."
     if not isinstance(data, dict):
         raise SpecError(path, prefix.rstrip("."), "expected a mapping with 'flows'")
-    if "link" in data:  # a trace is named relative to the scenario file
-        from orchestrator.bottleneck.dynamic import with_absolute_trace
+    from orchestrator.bottleneck.dynamic import with_absolute_trace
 
-        data = {**data, "link": with_absolute_trace(data["link"], Path(path).parent)}
+    base = Path(path).parent  # a trace is named relative to the scenario file
+    if "link" in data:
+        data = {**data, "link": with_absolute_trace(data["link"], base)}
+    sweep_ = data.get("sweep")
+    if isinstance(sweep_, dict) and isinstance(sweep_.get("link"), list):
+        data = {**data, "sweep": {**sweep_, "link": [with_absolute_trace(v, base) for v in sweep_["link"]]}}
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as e:
