@@ -160,3 +160,18 @@ def test_rtt_schedule_on_the_delay_line(netns_testbed, tmp_path):
     state = json.loads(Path(f"/run/testbed/{name}/state.json").read_text())
     assert "delay_schedule" not in state["extra"]
     assert [p["tag"] for p in state["processes"]] == ["delayline"]
+
+
+def test_random_loss_on_the_link(netns_testbed, tmp_path):
+    """10% Bernoulli loss on UDP below the link rate: the receiver's capture misses 10% of what
+    the sender's sent, and the link counted exactly the packets it dropped."""
+    tb = netns_testbed(dumbbell_yaml(unique_name("dyn"), senders=1))
+    d = run(tb, tmp_path, dynamic.parse({"loss": "10%"}).to_json(),
+            [{"name": "cbr", "kind": "udp", "src": "s1", "dst": "rx", "rate": "8mbit"}], duration=4.0)
+    summary = json.loads((d / "summary.json").read_text())
+    flow = pd.read_csv(d / "tables/flows.csv").set_index("name").loc["cbr"]
+    assert flow["loss"] == pytest.approx(0.10, abs=0.02)
+    counters = json.loads((d / "manifest.json").read_text())["datapath_counters"]
+    lost = flow["packets_sent"] - flow["packets_received"]
+    assert counters["link_losses"] == pytest.approx(lost, abs=3)
+    assert summary["drops"]["classic"] == 0  # not the AQM's drops
