@@ -32,6 +32,11 @@ def up(file: str) -> None:
     click.echo(f"testbed {tb.name!r} is up: {len(tb.hosts)} hosts, bottleneck {bn.router}:{bn.egress} "
                f"{bn.rate_bps / 1e6:g} Mbit/s, base RTT {bn.rtt_s * 1e3:g} ms, "
                f"buffer {bn.buffer_pkts} packets, delay by {bn.delay_mode}")
+    dyn = spec.bottleneck.dynamics()
+    if dyn.dynamic:  # the figures above are the nominal ones; runs apply the schedule
+        from orchestrator.bottleneck.dynamic import describe
+
+        click.echo(f"the link changes during each run: {describe(dyn)}")
 
 
 @cli.command()

@@ -121,3 +121,33 @@ def test_a_schedule_longer_than_the_run_is_said_once(netns_testbed, tmp_path):
     # the testbed's own link is back after the runs
     state = json.loads(Path(f"/run/testbed/{name}/state.json").read_text())
     assert state["bottleneck"]["rate_bps"] == 50e6 and "link_dynamics" not in state["extra"]
+
+
+@needs_root
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_testbed_file_with_a_schedule(tmp_path):
+    """The testbed's own link is dynamic: `up` says so, and a run without any override
+    applies the schedule."""
+    name = unique_name("dspec")
+    path = tmp_path / "tb.yaml"
+    path.write_text(dumbbell_yaml(name, senders=1).replace(
+        "rate: 50mbit", "rate: [{at: 0s, rate: 20mbit}, {at: 1s, rate: 5mbit}]") +
+        "scenario: {duration: 2s, flows: [{name: bulk, kind: tcp, src: s1, dst: rx, cc: cubic}]}\n")
+    try:
+        res = run_cli("up", str(path))
+        assert res.returncode == 0, res.stderr
+        assert "20 Mbit/s" in res.stdout
+        assert "the link changes during each run: rate 20mbit -> 5mbit" in res.stdout
+        res = run_cli("run", "--testbed", name, "--policy", "fifo", "--results", str(tmp_path / "r"),
+                      timeout=120)
+        assert res.returncode == 0, res.stderr
+        run_dir = next((tmp_path / "r").glob("*-fifo-*"))
+        cap = json.loads((run_dir / "telemetry/capacity.json").read_text())
+        assert [r for _, r in cap["steps"]] == [20e6, 5e6]
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["dynamics"]["changes"][0]["kind"] == "drop"
+        assert "dynamic link: capacity changes" in res.stdout
+    finally:
+        run_cli("down", name)
+    nothing_left(name)
