@@ -1,7 +1,7 @@
 # The two commands the README promises (run as root):
 #   make demo   set everything up, then run the default experiment on the local testbed
 #   make test   set everything up, then run the test suite
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench mutate clean
 
 setup:
 	bash scripts/setup.sh
@@ -18,6 +18,9 @@ lint: setup
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; .venv/bin/python $$b || exit 1; done
+
+mutate: setup
+	.venv/bin/python scripts/mutate.py
 
 clean:
 	-.venv/bin/testbed down --all

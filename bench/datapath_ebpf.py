@@ -43,10 +43,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import policies  # noqa: E402
-from orchestrator import spec as specmod  # noqa: E402
 from orchestrator.bottleneck.ebpf import PIN_SUBDIR, EbpfDatapath  # noqa: E402
 from orchestrator.providers import netns  # noqa: E402
-from orchestrator.telemetry import read  # noqa: E402
+from orchestrator.spec import schema as specmod  # noqa: E402
+from policies.telemetry import read  # noqa: E402
 
 RATES_MBIT = [500, 1000, 1500, 2000, 3000, 4000, 5000, 6000, 8000]
 PORT = 5401

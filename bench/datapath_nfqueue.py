@@ -41,10 +41,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import policies  # noqa: E402
-from orchestrator import spec as specmod  # noqa: E402
 from orchestrator.bottleneck.nfqueue import NfqueueDatapath  # noqa: E402
 from orchestrator.providers import netns  # noqa: E402
-from orchestrator.telemetry import read  # noqa: E402
+from orchestrator.spec import schema as specmod  # noqa: E402
+from policies.telemetry import read  # noqa: E402
 
 RATES_MBIT = [100, 200, 400, 600, 800, 1000, 1200, 1500, 2000, 2500, 3000, 4000]
 PORT = 5301
@@ -180,7 +180,7 @@ def update_cost(telemetry: Path) -> None:
               f"p99 {np.percentile(us, 99):.1f} us, max {us.max():.1f} us, n={len(us)}, "
               f"missed {int(ctl.missed.sum())}")
     from orchestrator.bottleneck import nfqueue_link as nl
-    from orchestrator.control import ControlLoop
+    from orchestrator.bottleneck.control import ControlLoop
 
     pol = policies.make("dualpi2", {})
     link = nl.Link(50e6, pol.queue_config(), 10000, math.inf, policy=pol)

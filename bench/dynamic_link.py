@@ -25,12 +25,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from orchestrator import spec as specmod  # noqa: E402
-from orchestrator.bottleneck import dynamic, tracegen  # noqa: E402
-from orchestrator.bottleneck import schedule as sm  # noqa: E402
+from orchestrator.bottleneck import tracegen  # noqa: E402
+from orchestrator.experiment.run import Run, RunConfig  # noqa: E402
 from orchestrator.providers import netns  # noqa: E402
-from orchestrator.run import Run, RunConfig  # noqa: E402
-from orchestrator.scenario import Scenario  # noqa: E402
+from orchestrator.spec import dynamic  # noqa: E402
+from orchestrator.spec import schedule as sm  # noqa: E402
+from orchestrator.spec import schema as specmod  # noqa: E402
+from orchestrator.spec.scenario import Scenario  # noqa: E402
 
 from conftest import dumbbell_yaml, run_cli  # noqa: E402
 

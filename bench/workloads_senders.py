@@ -25,12 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator import spec as specmod  # noqa: E402
 from orchestrator import workloads  # noqa: E402
 from orchestrator.analysis.pcap import read_pcap  # noqa: E402
-from orchestrator.capture import Capture  # noqa: E402
+from orchestrator.experiment.capture import Capture  # noqa: E402
 from orchestrator.providers import netns  # noqa: E402
-from orchestrator.scenario import Scenario  # noqa: E402
+from orchestrator.spec import schema as specmod  # noqa: E402
+from orchestrator.spec.scenario import Scenario  # noqa: E402
 from orchestrator.workloads import stepmark  # noqa: E402
 
 WARMUP_S = 2.0

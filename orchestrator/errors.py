@@ -1,5 +1,16 @@
 """Errors a user can fix. The CLI prints them in one line and exits non-zero, no traceback."""
 
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from policies.errors import ParamError, PolicyError
+
+# what the policies package raises for input a user can fix (it has its own errors, as it
+# imports nothing from here); the CLI prints these like a UserError
+POLICY_ERRORS = (PolicyError, ParamError)
+
 
 class UserError(Exception):
     """Bad input or an unmet precondition; the message says what and where."""
@@ -12,3 +23,12 @@ class SpecError(UserError):
         self.file, self.path, self.message = file, path, message
         where = f"{file}: {path}" if path else file
         super().__init__(f"{where}: {message}")
+
+
+@contextmanager
+def policy_errors() -> Iterator[None]:
+    """Turn the policies package's errors into a UserError (where the library calls it)."""
+    try:
+        yield
+    except POLICY_ERRORS as e:
+        raise UserError(str(e)) from None

@@ -6,6 +6,7 @@ it is imported only when the policy is made or described.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from typing import Any
 
@@ -51,6 +52,31 @@ def make(name: str, args: dict[str, Any] | None = None) -> Policy:
     text = {k: str(v).lower() if isinstance(v, bool) else str(v) if isinstance(v, int | float) else v
             for k, v in (args or {}).items()}
     return cls(cls.Params.from_args(text))
+
+
+def to_config(policy: Policy, seed: int | None = None) -> dict[str, Any]:
+    """The policy as plain data for the process that runs it on the router (it builds its own
+    copy with from_config: policies are pure, so the copy behaves the same). Exploration noise
+    (policies.explore) is carried as its own key, with the run's seed."""
+    from policies.explore import Explore
+
+    explore = None
+    if isinstance(policy, Explore):
+        explore = {"epsilon": policy.epsilon, "spread": policy.spread, "hold": policy.hold,
+                   "seed": seed or 0}
+        policy = policy.inner
+    args = {k: v for k, v in dataclasses.asdict(policy.params).items() if v is not None}
+    return {"policy": policy.name, "policy_args": args, "explore": explore}
+
+
+def from_config(config: dict[str, Any]) -> Policy:
+    """The policy to_config described (with its exploration noise, if any)."""
+    policy = make(config["policy"], config.get("policy_args", {}))
+    if config.get("explore"):
+        from policies.explore import Explore
+
+        policy = Explore(policy, **config["explore"])
+    return policy
 
 
 def describe() -> list[dict[str, Any]]:

@@ -15,6 +15,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from policies.errors import ParamError
+
 CLASSES = ("l4s", "classic")
 
 
@@ -139,10 +141,6 @@ class QueueConfig:
     c_protection: float = 0.10  # share of the link the C queue is guaranteed (RFC 9332 WRR)
     limit_pkts: int | None = None  # None: the testbed's buffer
     tupdate_s: float = 0.016
-
-
-class ParamError(ValueError):
-    """A policy parameter had a bad name or value; the message names the key."""
 
 
 @dataclass

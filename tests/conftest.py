@@ -41,8 +41,8 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namesp
 @pytest.fixture
 def netns_testbed(tmp_path):
     """Factory: build a testbed from YAML text; every one built is torn down afterwards."""
-    from orchestrator import spec as specmod
     from orchestrator.providers import netns
+    from orchestrator.spec import schema as specmod
 
     built: list[str] = []
 

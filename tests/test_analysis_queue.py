@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from orchestrator.analysis import queue
-from orchestrator.telemetry import PartWriter, read
+from policies.telemetry import PartWriter, read
 
 T0 = 1_764_000_000.0
 

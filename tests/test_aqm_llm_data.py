@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator.errors import UserError
-from orchestrator.telemetry import PartWriter
 from policies.aqm_llm import dataset as D
 from policies.aqm_llm import features as F
 from policies.aqm_llm.reward import reward, reward_columns
 from policies.base import HISTORY_LEN, ClassState, QueueState
+from policies.errors import PolicyError as UserError
+from policies.telemetry import PartWriter
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,8 @@ import pytest
 import torch
 
 import policies
-from orchestrator import telemetry
-from orchestrator.control import ControlLoop
-from orchestrator.errors import UserError
+from orchestrator.bottleneck.control import ControlLoop
+from policies import telemetry
 from policies.aqm_llm import dataset as D
 from policies.aqm_llm.backbone import load_backbone
 from policies.aqm_llm.checkpoint import load_checkpoint, save_checkpoint
@@ -25,6 +24,7 @@ from policies.aqm_llm.policy import AqmLlmParams, AqmLlmPolicy
 from policies.aqm_llm.reward import reward, reward_columns
 from policies.aqm_llm.train import train
 from policies.base import Decision
+from policies.errors import PolicyError as UserError
 
 torch.set_num_threads(1)
 TINY = {"backbone": "tiny", "window": 4, "lora_rank": 4}

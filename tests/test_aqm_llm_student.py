@@ -13,7 +13,6 @@ from test_aqm_llm_data import write_run
 
 import policies
 from orchestrator.cli import cli
-from orchestrator.errors import UserError
 from policies.aqm_llm import dataset as D
 from policies.aqm_llm.checkpoint import save_checkpoint
 from policies.aqm_llm.distill import fit_student, teacher_labels
@@ -21,6 +20,7 @@ from policies.aqm_llm.features import from_rows
 from policies.aqm_llm.model import AqmLlm, ModelConfig
 from policies.aqm_llm.student import Student, StudentPolicy, student_inputs
 from policies.base import ParamError
+from policies.errors import PolicyError as UserError
 
 from conftest import run_cli
 

@@ -11,8 +11,8 @@ import pytest
 
 from orchestrator import workloads
 from orchestrator.analysis.pcap import SYN, read_pcap
-from orchestrator.capture import Capture
-from orchestrator.scenario import Scenario
+from orchestrator.experiment.capture import Capture
+from orchestrator.spec.scenario import Scenario
 
 from conftest import dumbbell_yaml, needs_root, unique_name
 
@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.integration, needs_root]
 
 def tcpdumps(tb) -> list[str]:
     pids = [p for h in tb.hosts.values() for p in subprocess.run(
-        ["ip", "netns", "pids", h.netns], capture_output=True, text=True).stdout.split()]
+        ["ip", "netns", "pids", tb.netns(h.name)], capture_output=True, text=True).stdout.split()]
     return [p for p in pids if open(f"/proc/{p}/comm").read().strip() == "tcpdump"]
 
 

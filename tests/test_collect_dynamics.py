@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import collect
-from orchestrator.bottleneck import dynamic
 from orchestrator.errors import SpecError
+from orchestrator.experiment import collect
+from orchestrator.spec import dynamic
 
 from conftest import ROOT
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import telemetry
-from orchestrator.control import ControlLoop
+from orchestrator.bottleneck.control import ControlLoop
+from policies import telemetry
 from policies.base import ClassDecision, ClassState, Decision, Policy, QueueState
 
 

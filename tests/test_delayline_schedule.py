@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.delayline import DelayLine
+from orchestrator.bottleneck.delayline import DelayLine
 
 
 class P:

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator.bottleneck import dynamic
-from orchestrator.bottleneck import schedule as sm
+from orchestrator.spec import dynamic
+from orchestrator.spec import schedule as sm
 
 from conftest import dumbbell_yaml, needs_root, unique_name
 
@@ -26,8 +26,8 @@ PAYLOAD_SHARE = 1448 / 1514
 
 def run(tb, tmp_path: Path, dyn: dict, flows: list[dict], policy: str = "fifo",
         duration: float = 12.0) -> Path:
-    from orchestrator.run import Run, RunConfig
-    from orchestrator.scenario import Scenario
+    from orchestrator.experiment.run import Run, RunConfig
+    from orchestrator.spec.scenario import Scenario
 
     scenario = Scenario.model_validate({"duration": f"{duration}s", "flows": flows})
     config = RunConfig(policy=policy, results_root=tmp_path / "results", link_dynamics=dyn, seed=3)
@@ -112,8 +112,8 @@ def test_drain_after_the_drop_is_worst_for_fifo(netns_testbed, tmp_path):
 
 @pytest.mark.parametrize("datapath, policy", [("kernel", "fifo"), ("ebpf", "dualpi2")])
 def test_htb_datapaths_apply_the_schedule_from_a_timer(netns_testbed, tmp_path, datapath, policy):
-    from orchestrator.run import Run, RunConfig
-    from orchestrator.scenario import Scenario
+    from orchestrator.experiment.run import Run, RunConfig
+    from orchestrator.spec.scenario import Scenario
 
     tb = netns_testbed(dumbbell_yaml(unique_name("dyn"), senders=1))
     scenario = Scenario.model_validate({"duration": "12s", "flows": [

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from orchestrator import spec as specmod
 from orchestrator.bottleneck import dynamic_run
-from orchestrator.bottleneck import schedule as sm
 from orchestrator.commands.run import load_scenario
+from orchestrator.spec import schedule as sm
+from orchestrator.spec import schema as specmod
 
 from conftest import ROOT, run_cli
 

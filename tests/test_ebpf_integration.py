@@ -26,7 +26,7 @@ import pytest
 import policies
 from orchestrator.bottleneck.ebpf import PIN_SUBDIR, EbpfDatapath
 from orchestrator.bottleneck.ebpf_agent import Maps
-from orchestrator.telemetry import read
+from policies.telemetry import read
 
 from conftest import dumbbell_yaml, needs_root, unique_name
 from wire import capture, ce_on_wire

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 
 import numpy as np
@@ -21,9 +20,6 @@ from orchestrator.bottleneck.ebpf_agent import (
 )
 from policies.codel import Codel
 from policies.dualpi2 import DualPi2
-
-needs_tools = pytest.mark.skipif(not (shutil.which("clang") and shutil.which("bpftool")),
-                                 reason="needs clang and bpftool")
 
 
 def btf_structs(obj) -> dict[str, tuple[int, dict[str, int]]]:
@@ -45,7 +41,6 @@ def btf_structs(obj) -> dict[str, tuple[int, dict[str, int]]]:
     return structs
 
 
-@needs_tools
 @pytest.mark.parametrize("struct, dtype", [("config", CONFIG_DT), ("cls_cfg", CLS_CFG_DT),
                                            ("cls_counts", COUNTS_DT), ("cls_state", STATE_DT),
                                            ("pkt_rec", REC_DT)])

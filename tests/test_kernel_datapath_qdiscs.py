@@ -11,7 +11,7 @@ import pytest
 import policies
 from orchestrator.bottleneck.kernel import KernelDatapath, leaf_args, missing, red_burst
 from orchestrator.errors import UserError
-from orchestrator.telemetry import read
+from policies.telemetry import read
 
 from conftest import dumbbell_yaml, needs_root, unique_name
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.bottleneck import dynamic as dm
+from orchestrator.spec import dynamic as dm
 
 STEP = [{"at": "0s", "rate": "50mbit"}, {"at": "10s", "rate": "10mbit"}, {"at": "20s", "rate": "50mbit"}]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.bottleneck import loss
-from orchestrator.bottleneck.schedule import ScheduleError
+from orchestrator.spec import loss
+from orchestrator.spec.schedule import ScheduleError
 
 
 def test_parse_percentage() -> None:

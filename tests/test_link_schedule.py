@@ -7,8 +7,9 @@ import math
 
 import pytest
 
-from orchestrator.bottleneck import schedule as sm
-from orchestrator.bottleneck.schedule import ScheduleError
+from orchestrator.bottleneck import service as svc_mod
+from orchestrator.spec import schedule as sm
+from orchestrator.spec.schedule import ScheduleError
 
 
 def steps(*items: dict) -> sm.Schedule:
@@ -178,7 +179,7 @@ def test_trace_as_schedule_bins(tmp_path) -> None:
 
 
 def test_rate_service_offsets_the_clock() -> None:
-    svc = sm.RateService(steps(*STEP), t0=100.0)
+    svc = svc_mod.RateService(steps(*STEP), t0=100.0)
     start, end = svc.send(109.9999, 1514)
     assert start == 109.9999
     assert end == pytest.approx(110 + 7.112e-4, abs=1e-9)
@@ -188,7 +189,7 @@ def test_rate_service_offsets_the_clock() -> None:
 def test_trace_service_follows_mahimahi(tmp_path) -> None:
     # opportunities at 4, 4, 10 ms (repeating every 10 ms), t0 = 1000 s
     t = sm.load_mahimahi(write(tmp_path, "t", "4\n4\n10\n"))
-    svc = sm.TraceService(t, 1000.0)
+    svc = svc_mod.TraceService(t, 1000.0)
     # a 1514-byte frame = 1500 IP bytes: one whole opportunity each
     assert svc.send(1000.0, 1514) == (pytest.approx(1000.004), pytest.approx(1000.004))
     assert svc.send(1000.004, 1514) == (pytest.approx(1000.004), pytest.approx(1000.004))  # the 2nd at 4 ms
@@ -199,14 +200,14 @@ def test_trace_service_follows_mahimahi(tmp_path) -> None:
     assert svc.send(1000.014, 764)[1] == pytest.approx(1000.014)  # the second one at 14 ms
     assert svc.used == 5
     # a packet arriving after an opportunity cannot use what that one had left
-    svc2 = sm.TraceService(t, 0.0)
+    svc2 = svc_mod.TraceService(t, 0.0)
     svc2.send(0.0, 114)  # 100 IP bytes at 4 ms, 1400 left
     assert svc2.send(0.0045, 114)[1] == pytest.approx(0.010)
 
 
 def test_trace_service_large_packet_spans_opportunities(tmp_path) -> None:
     t = sm.load_mahimahi(write(tmp_path, "t", "1\n2\n3\n"))
-    svc = sm.TraceService(t, 0.0, l2_header=0)
+    svc = svc_mod.TraceService(t, 0.0, l2_header=0)
     start, end = svc.send(0.0, 4000)  # 1500 + 1500 + 1000
     assert (start, end) == (pytest.approx(0.001), pytest.approx(0.003))
     assert svc.left == 500
@@ -215,7 +216,7 @@ def test_trace_service_large_packet_spans_opportunities(tmp_path) -> None:
 def test_trace_service_delivers_the_trace_under_saturation(tmp_path) -> None:
     # a queue that never empties sends exactly one 1500-byte packet per opportunity
     t = sm.load_mahimahi(write(tmp_path, "t", "".join(f"{m}\n" for m in (1, 1, 3, 7, 7, 7, 20))))
-    svc = sm.TraceService(t, 0.0)
+    svc = svc_mod.TraceService(t, 0.0)
     free, n = 0.0, 0
     for _ in range(10 * 7 * 50):  # bounded: a bug that stops the clock must fail, not hang
         _, free = svc.send(free, 1514)

@@ -77,7 +77,7 @@ def test_planted_state_outside_root_is_never_read(layout, tmp_path):
     planted = tmp_path / "some" / "other" / "dir"
     victim = _sleeper()
     try:
-        from orchestrator.testbed import start_time
+        from orchestrator.testbed.base import start_time
 
         _plant(planted, "dir", victim.pid, start_time(victim.pid))
         rel = os.path.relpath(planted, state)
@@ -123,7 +123,7 @@ def test_down_signals_only_processes_that_are_still_the_testbeds(layout, with_st
 
 def test_down_stops_a_recorded_process_that_is_still_ours(layout):
     """The positive case, so the tests above cannot pass by never killing anything."""
-    from orchestrator.testbed import start_time
+    from orchestrator.testbed.base import start_time
 
     state, _ = layout
     ours = _sleeper()

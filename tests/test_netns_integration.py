@@ -142,7 +142,7 @@ def test_routes_through_two_routers_and_extra_delays(netns_testbed):
 
 
 def test_reconfigure_changes_rtt_and_rate_in_place(netns_testbed):
-    from orchestrator import link
+    from orchestrator.bottleneck import shaping as link
 
     name = unique_name("rc")
     tb = netns_testbed(dumbbell_yaml(name))

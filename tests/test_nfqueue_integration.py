@@ -31,8 +31,8 @@ import policies
 from orchestrator import workloads
 from orchestrator.bottleneck.nfqueue import RULE_COMMENT, NfqueueDatapath
 from orchestrator.errors import UserError
-from orchestrator.scenario import FlowSpec
-from orchestrator.telemetry import read
+from orchestrator.spec.scenario import FlowSpec
+from policies.telemetry import read
 
 from conftest import dumbbell_yaml, needs_root, unique_name
 from wire import capture, ce_on_wire

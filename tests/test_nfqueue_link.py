@@ -17,9 +17,10 @@ from scapy.utils import checksum
 
 import policies
 from orchestrator.bottleneck import nfqueue_link as nl
+from orchestrator.bottleneck.nfqueue_daemon import LinkDaemon
 from orchestrator.bottleneck.packetlog import PacketLog
-from orchestrator.telemetry import read
 from policies.base import Action, ClassDecision, Decision, QueueConfig
+from policies.telemetry import read
 
 
 def udp(tos: int = 0, size: int = 1500, sport: int = 1234, dport: int = 5201) -> bytes:
@@ -342,7 +343,7 @@ def test_link_process_rebuilds_the_policy_it_was_given(tmp_path):
     """The datapath passes the policy by name and parameters (and Explore's noise settings);
     the link process builds the same policy from that."""
     from orchestrator.bottleneck.nfqueue import NfqueueDatapath
-    from orchestrator.testbed import Bottleneck, Testbed
+    from orchestrator.testbed.base import Bottleneck, Testbed
     from policies.explore import Explore
 
     bn = Bottleneck(router="r1", egress="e-rx", ingress=["e-s1"], rate_bps=50e6, forward_delay_s=0.0,
@@ -353,7 +354,7 @@ def test_link_process_rebuilds_the_policy_it_was_given(tmp_path):
                      spread=3.0, hold=2, seed=7)
     config = json.loads(json.dumps(dp.config(policy)))
     assert config["kernel_timestamps"] is True and config["seed"] == 7
-    proc = nl.Process(config)
+    proc = LinkDaemon(config)
     try:
         built = proc.policy
         assert isinstance(built, Explore) and (built.epsilon, built.spread, built.hold) == (0.5, 3.0, 2)

@@ -8,9 +8,10 @@ import math
 
 import pytest
 
-from orchestrator.bottleneck import loss as lossmod
 from orchestrator.bottleneck import nfqueue_link as nl
-from orchestrator.bottleneck import schedule as sm
+from orchestrator.bottleneck import service as svc_mod
+from orchestrator.spec import loss as lossmod
+from orchestrator.spec import schedule as sm
 from policies.base import QueueConfig
 from tests.test_nfqueue_link import Pkt, udp
 
@@ -36,7 +37,7 @@ def saturate(link: nl.Link, n: int, size: int = 1500, every: float = 0.0) -> lis
 def test_rate_schedule_changes_the_service_rate_at_its_time():
     # 1514-byte frames: 12112 bit; 12.112 Mbit/s = 1 ms each, then 1.2112 Mbit/s = 10 ms each
     sched = sm.Schedule([sm.Step(0, 12.112e6), sm.Step(0.0105, 1.2112e6)])
-    link = nl.Link(50e6, QueueConfig(dualq=False), 1000, math.inf, service=sm.RateService(sched, 0.0))
+    link = nl.Link(50e6, QueueConfig(dualq=False), 1000, math.inf, service=svc_mod.RateService(sched, 0.0))
     times = [t for t, _ in saturate(link, 14)]
     # 10 packets at 1 ms; the 11th starts at 10 ms: 0.5 ms at the old rate (half the packet)
     # then the other half at the new rate takes 5 ms -> 15.5 ms; then 10 ms each
@@ -49,14 +50,14 @@ def test_rate_schedule_changes_the_service_rate_at_its_time():
 
 def test_trace_releases_at_opportunities(tmp_path):
     trace = sm.MahimahiTrace([2, 2, 5, 10])  # 4 per 10 ms
-    link = nl.Link(50e6, QueueConfig(dualq=False), 1000, math.inf, service=sm.TraceService(trace, 0.0))
+    link = nl.Link(50e6, QueueConfig(dualq=False), 1000, math.inf, service=svc_mod.TraceService(trace, 0.0))
     times = [t for t, _ in saturate(link, 9)]
     assert times == pytest.approx([0.002, 0.002, 0.005, 0.010, 0.012, 0.012, 0.015, 0.020, 0.022])
 
 
 def test_trace_sojourn_includes_the_wait_for_the_opportunity():
     trace = sm.MahimahiTrace([10])
-    link = nl.Link(50e6, QueueConfig(dualq=False), 1000, math.inf, service=sm.TraceService(trace, 0.0))
+    link = nl.Link(50e6, QueueConfig(dualq=False), 1000, math.inf, service=svc_mod.TraceService(trace, 0.0))
     saturate(link, 1)
     st = link.state(0.02)
     assert st.classic.sojourn_ms == pytest.approx(10.0)
@@ -84,23 +85,23 @@ def test_loss_drops_after_the_link_and_counts_apart():
 def test_make_service_from_config_and_capacity_file(tmp_path):
     cfg = {"schedule": {"kind": "steps", "steps": [[0, 50e6, 0], [10, 10e6, 0], [20, 50e6, 2]],
                         "t0_epoch": 1000.0}, "telemetry_dir": str(tmp_path)}
-    svc = nl.make_service(cfg, epoch_offset=990.0)  # epoch 1000 = monotonic 10
-    assert isinstance(svc, sm.RateService)
+    svc = svc_mod.make_service(cfg, epoch_offset=990.0)  # epoch 1000 = monotonic 10
+    assert isinstance(svc, svc_mod.RateService)
     assert svc.rate_at(10 + 15) == 10e6 and svc.rate_at(10 + 21) == pytest.approx(30e6)
     cfg2 = {"schedule": {"kind": "mahimahi", "ms": [1, 2], "t0_epoch": 5.0}}
-    assert isinstance(nl.make_service(cfg2, 0.0), sm.TraceService)
-    assert nl.make_service({}, 0.0) is None and nl.make_loss({}) is None
-    lm = nl.make_loss({"loss": {"p": 0.0, "r": 1.0, "loss_good": 0.5, "loss_bad": 0.5}, "seed": 3})
+    assert isinstance(svc_mod.make_service(cfg2, 0.0), svc_mod.TraceService)
+    assert svc_mod.make_service({}, 0.0) is None and svc_mod.make_loss({}) is None
+    lm = svc_mod.make_loss({"loss": {"p": 0.0, "r": 1.0, "loss_good": 0.5, "loss_bad": 0.5}, "seed": 3})
     assert lm.model.mean_loss == 0.5
     link = nl.Link(50e6, QueueConfig(), 100, math.inf, service=svc, epoch_offset=990.0)
     link.state(25.0)
-    nl.write_capacity(cfg, link, 1000.0, 1030.0)
+    svc_mod.write_capacity(cfg, link, 1000.0, 1030.0)
     got = json.loads((tmp_path / "capacity.json").read_text())
     assert got["kind"] == "steps" and got["samples"] == [[1015.0, 10e6]]
     # the ramp goes in 0.1 s steps
     assert got["steps"][:3] == [[1000.0, 50e6], [1010.0, 10e6], [1020.0, pytest.approx(11e6)]]
     assert got["changes"] == [[10.0, 50e6, 10e6], [20.0, 10e6, 50e6]]
-    assert nl.make_service(cfg, 0.0, t0_epoch=7.0).t0 == 7.0  # the run's t0 wins
+    assert svc_mod.make_service(cfg, 0.0, t0_epoch=7.0).t0 == 7.0  # the run's t0 wins
 
 
 def test_sampling_follows_the_highest_rate():

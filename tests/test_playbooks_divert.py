@@ -1,4 +1,4 @@
-"""The FreeBSD divert datapath's process (orchestrator/divert.py), driven on Linux through a
+"""The FreeBSD divert datapath's process (orchestrator/bottleneck/divert.py), driven on Linux through a
 UDP socket in place of the divert(4) socket: same recvfrom/sendto contract (a packet goes back
 to the address it came from), real link, policy, control loop and telemetry. divert(4) itself
 needs a FreeBSD host (see playbooks/README.md)."""
@@ -10,8 +10,8 @@ import struct
 import threading
 import time
 
+from orchestrator.bottleneck.divert import DivertProcess
 from orchestrator.bottleneck.nfqueue_link import ipv4_checksum
-from orchestrator.divert import DivertProcess
 
 
 def ipv4_udp(seq: int, ecn: int, payload: int = 972) -> bytes:

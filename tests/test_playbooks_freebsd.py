@@ -10,9 +10,9 @@ import re
 
 import pytest
 
-from orchestrator import freebsd
 from orchestrator.errors import UserError
-from orchestrator.testbed import Bottleneck, Host, Interface
+from orchestrator.providers.ssh import freebsd
+from orchestrator.testbed.base import Bottleneck, Host, Interface
 
 # --- a model of the parser, from sbin/ipfw/dummynet.c -----------------------------------
 DUMMYNET_PARAMS = {"plr", "noerror", "buckets", "dst-ip", "src-ip", "dst-port", "src-port", "proto",
@@ -145,12 +145,12 @@ def check_all(cmds: list[list[str]], sysctls: dict[str, str] | None = None) -> t
 
 def topology(buffer_pkts: int = 125, buffer_in: str = "packets", fwd: float = 0.0, rev: float = 0.02,
              extra: dict[str, float] | None = None) -> tuple[Bottleneck, Host, dict[str, Host]]:
-    hosts = {"s1": Host("s1", "sender", "", [Interface("vtnet1", "10.0.1.1/24", "r1", "10.0.1.2/24", 0)]),
-             "s2": Host("s2", "sender", "", [Interface("vtnet1", "10.0.2.1/24", "r1", "10.0.2.2/24", 1)]),
-             "r1": Host("r1", "router", "", [Interface("vtnet1", "10.0.1.2/24", "s1", "10.0.1.1/24", 0),
+    hosts = {"s1": Host("s1", "sender", [Interface("vtnet1", "10.0.1.1/24", "r1", "10.0.1.2/24", 0)]),
+             "s2": Host("s2", "sender", [Interface("vtnet1", "10.0.2.1/24", "r1", "10.0.2.2/24", 1)]),
+             "r1": Host("r1", "router", [Interface("vtnet1", "10.0.1.2/24", "s1", "10.0.1.1/24", 0),
                                              Interface("vtnet2", "10.0.2.2/24", "s2", "10.0.2.1/24", 1),
                                              Interface("vtnet3", "10.0.3.1/24", "rx", "10.0.3.2/24", 2)]),
-             "rx": Host("rx", "receiver", "", [Interface("vtnet1", "10.0.3.2/24", "r1", "10.0.3.1/24", 2)])}
+             "rx": Host("rx", "receiver", [Interface("vtnet1", "10.0.3.2/24", "r1", "10.0.3.1/24", 2)])}
     bn = Bottleneck("r1", "vtnet3", ["vtnet1", "vtnet2"], 50e6, fwd, rev, buffer_pkts, buffer_pkts * 1500,
                     "dummynet", extra or {}, buffer_in)
     return bn, hosts["r1"], hosts

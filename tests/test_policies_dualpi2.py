@@ -60,8 +60,11 @@ def test_qdelay_max_follows_linux_and_classic_follows_rfc_a1():
 
 def test_overload_drops_in_both_queues_with_drop_overload():
     pol = DualPi2()
-    while pol.params.coupling_factor * pol.prob <= 1:
+    for _ in range(1000):  # bounded: a controller that never saturates fails, not hangs
         d = pol.update(qs(c_ms=200))
+        if pol.params.coupling_factor * pol.prob > 1:
+            break
+    assert pol.params.coupling_factor * pol.prob > 1
     p_c = pol.prob ** 2
     assert d.classic.p_drop == pytest.approx(p_c) and d.classic.p_mark == 0
     assert d.l4s.p_drop == pytest.approx(p_c) and d.l4s.p_mark == pytest.approx(1 - p_c)

@@ -90,8 +90,11 @@ def test_ecn_marks_up_to_10_percent_then_drops():
 
 def test_cap_drop_adjustment_limits_steps_to_2_percent_above_10_percent():
     pol = Pie()
-    while pol.drop_prob < 0.1:
+    for _ in range(2000):  # bounded: a controller that never rises fails, not hangs
+        if pol.drop_prob >= 0.1:
+            break
         pol.update(qs(60))
+    assert pol.drop_prob >= 0.1
     before = pol.drop_prob
     pol.update(qs(500))
     assert pol.drop_prob - before == pytest.approx(0.02)

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from orchestrator import regress as rg
 from orchestrator.errors import SpecError, UserError
+from orchestrator.experiment import regress as rg
 
 from conftest import run_cli
 

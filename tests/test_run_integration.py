@@ -138,7 +138,7 @@ def test_interrupted_run_keeps_its_results_marked_aborted(netns_testbed, tmp_pat
 
 
 def test_killed_run_is_marked_aborted_by_the_next_look(tmp_path):
-    from orchestrator import results
+    from orchestrator.experiment import results
 
     run = tmp_path / "r1"
     run.mkdir()

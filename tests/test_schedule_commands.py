@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import freebsd
-from orchestrator.bottleneck import dynamic as dm
 from orchestrator.bottleneck import htb_schedule as hs
 from orchestrator.bottleneck import schedule_commands as sc
+from orchestrator.providers.ssh import freebsd
+from orchestrator.spec import dynamic as dm
 from tests.test_playbooks_freebsd import check_all, parse_config, sysctl_map, topology
 
 STEP = [{"at": "0s", "rate": "50mbit"}, {"at": "10s", "rate": "10mbit"}, {"at": "20s", "rate": "50mbit"}]

@@ -81,7 +81,7 @@ def test_unreadable_file(tmp_path):
 
 
 def test_good_spec_parses_to_expected_numbers():
-    from orchestrator import spec as specmod
+    from orchestrator.spec import schema as specmod
 
     spec = specmod.parse(GOOD, "good.yaml")
     bn = spec.bottleneck
@@ -95,7 +95,7 @@ def test_good_spec_parses_to_expected_numbers():
 def test_shipped_testbeds_are_valid():
     from pathlib import Path
 
-    from orchestrator import spec as specmod
+    from orchestrator.spec import schema as specmod
 
     files = sorted(Path(__file__).resolve().parent.parent.glob("testbeds/*.yaml"))
     assert len(files) >= 2

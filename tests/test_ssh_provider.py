@@ -52,7 +52,8 @@ def files_under(root: Path) -> list[Path]:
 
 @pytest.mark.slow
 def test_up_exec_popen_down_leaves_hosts_clean(lab, tmp_path):
-    from orchestrator import testbed as tbmod
+    from orchestrator import providers as tbmod
+    from orchestrator.testbed import state
 
     name = unique_name("sshe")
     spec = write_spec(lab, tmp_path, name)
@@ -85,7 +86,7 @@ def test_up_exec_popen_down_leaves_hosts_clean(lab, tmp_path):
         res = run_cli("down", name, timeout=180)
         down_s = time.monotonic() - t1
     assert res.returncode == 0, res.stderr
-    assert not (tbmod.STATE_ROOT / name).exists()
+    assert not (state.STATE_ROOT / name).exists()
     for host in lab.hosts:
         assert lab.snapshot(host) == before[host], host
         assert "sleep 60" not in _processes(lab, host)
@@ -163,7 +164,7 @@ def _check_capture_playbook(tb, tmp_path: Path) -> None:
     """capture.yml: tcpdump on the hosts' testbed interfaces, pcaps fetched to the controller."""
     import dpkt
 
-    from orchestrator import ansible
+    from orchestrator.providers.ssh import ansible
 
     ansible.run_playbook(tb, "capture.yml", {"capture_action": "start"}, limit="s1,rx") \
         .raise_for_failure("capture start")
@@ -191,7 +192,7 @@ def _check_no_key_material(lab: SshLab, tb) -> None:
 
 
 def _up_fails(spec: Path, *patterns: str, within: float = 15.0) -> str:
-    from orchestrator import testbed as tbmod
+    from orchestrator.testbed import state
 
     t0 = time.monotonic()
     res = run_cli("up", str(spec), timeout=120)
@@ -204,7 +205,7 @@ def _up_fails(spec: Path, *patterns: str, within: float = 15.0) -> str:
     for pat in patterns:
         assert re.search(pat, res.stderr), res.stderr
     assert "Traceback" not in res.stderr
-    assert not (tbmod.STATE_ROOT / name).exists(), "a failed check must leave no state"
+    assert not (state.STATE_ROOT / name).exists(), "a failed check must leave no state"
     return res.stderr
 
 
@@ -253,8 +254,8 @@ def test_changed_host_key_fails_fast(lab, tmp_path):
 
 
 def test_unknown_host_key_fails_unless_insecure(lab, tmp_path):
-    from orchestrator import spec as specmod
     from orchestrator.providers import ssh
+    from orchestrator.spec import schema as specmod
 
     known = tmp_path / "known_hosts"
     known.write_text("".join(line + "\n" for line in lab.known_hosts.read_text().splitlines()

@@ -42,9 +42,9 @@ def ping_ms(lab: SshLab, tb) -> float:
 
 
 def test_outputs_come_back_from_the_hosts_workdirs(lab, tmp_path):
-    from orchestrator import link
-    from orchestrator import testbed as tbmod
-    from orchestrator.run import Run, RunConfig
+    from orchestrator import providers as tbmod
+    from orchestrator.bottleneck import shaping as link
+    from orchestrator.experiment.run import Run, RunConfig
 
     name = unique_name("sshw")
     spec_file = tmp_path / "ssh.yaml"

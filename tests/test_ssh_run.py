@@ -46,7 +46,7 @@ def lab(tmp_path_factory):
 
 
 def run_once(tb, results: Path, policy: str = "dualpi2") -> Path:
-    from orchestrator.run import Run, RunConfig
+    from orchestrator.experiment.run import Run, RunConfig
 
     run = Run(tb, tb.spec().scenario, RunConfig(policy=policy, datapath="nfqueue", results_root=results))
     try:
@@ -66,9 +66,9 @@ def close(a: float, b: float, abs_: float, rel: float) -> bool:
 
 
 def test_ssh_run_matches_the_local_provider(lab, tmp_path):
-    from orchestrator import spec as specmod
-    from orchestrator import testbed as tbmod
+    from orchestrator import providers as tbmod
     from orchestrator.providers import netns
+    from orchestrator.spec import schema as specmod
 
     name = unique_name("sshm")
     spec_file = tmp_path / "ssh.yaml"
@@ -118,7 +118,8 @@ def test_ssh_run_matches_the_local_provider(lab, tmp_path):
 
 
 def test_host_lost_mid_run_aborts_it_and_the_others_are_cleaned(lab, tmp_path):
-    from orchestrator import testbed as tbmod
+    from orchestrator import providers as tbmod
+    from orchestrator.testbed import state
 
     name = unique_name("sshx")
     spec_file = tmp_path / "ssh.yaml"
@@ -141,7 +142,7 @@ def test_host_lost_mid_run_aborts_it_and_the_others_are_cleaned(lab, tmp_path):
         assert down.returncode == 2 and "rx unreachable" in down.stderr, down.stderr
         for host in ("s1", "s2", "r1"):
             assert lab.snapshot(host) == before[host], host
-        assert (tbmod.STATE_ROOT / name / "state.json").exists()
+        assert (state.STATE_ROOT / name / "state.json").exists()
     finally:
         cut.cancel()
         subprocess.run(["ip", "link", "set", lab.root_veth("rx"), "up"])
@@ -150,9 +151,9 @@ def test_host_lost_mid_run_aborts_it_and_the_others_are_cleaned(lab, tmp_path):
         down = run_cli("down", name, timeout=240)  # the host is back: now it is cleaned too
         assert down.returncode == 0, down.stderr
         assert lab.snapshot("rx") == before["rx"]
-        assert not (tbmod.STATE_ROOT / name).exists()
+        assert not (state.STATE_ROOT / name).exists()
         from orchestrator.workloads import l4s
 
         assert l4s.registered(f"l4s_{name}"[:l4s.NAME_MAX]) == []  # the dead run's CC is gone
     finally:  # whatever failed above, leave no state behind (the lab's hosts go with it)
-        shutil.rmtree(tbmod.STATE_ROOT / name, ignore_errors=True)
+        shutil.rmtree(state.STATE_ROOT / name, ignore_errors=True)

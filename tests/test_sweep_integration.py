@@ -19,7 +19,7 @@ SCENARIO = """scenario:
 
 
 def test_sweep_runs_every_point_and_resumes(netns_testbed, tmp_path):
-    from orchestrator import sweep
+    from orchestrator.experiment import sweep
 
     name = unique_name("sw")
     tb = netns_testbed(dumbbell_yaml(name, scenario=SCENARIO))

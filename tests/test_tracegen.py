@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from orchestrator.bottleneck import schedule as sm
 from orchestrator.bottleneck import tracegen as tg
+from orchestrator.spec import schedule as sm
 
 
 def test_same_seed_same_trace_other_seed_other() -> None:

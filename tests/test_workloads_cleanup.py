@@ -10,10 +10,10 @@ import subprocess
 
 import pytest
 
-from orchestrator import testbed as tbmod
+from orchestrator import providers as tbmod
 from orchestrator import workloads
 from orchestrator.providers import netns
-from orchestrator.scenario import Scenario
+from orchestrator.spec.scenario import Scenario
 from orchestrator.workloads import ccroute, ect1, l4s
 
 from conftest import dumbbell_yaml, needs_root, run_cli, unique_name
@@ -27,8 +27,8 @@ def leftovers(tb) -> list[str]:
     """Everything of ours still there."""
     out = []
     for host in tb.hosts:
-        cmds = [_cmdline(pid) for pid in _pids(tb.host(host).netns)]
-        out += [f"{host}: process {c}" for c in cmds if c and "orchestrator.delayline" not in c]
+        cmds = [_cmdline(pid) for pid in _pids(tb.netns(host))]
+        out += [f"{host}: process {c}" for c in cmds if c and "orchestrator.bottleneck.delayline" not in c]
         if host != tb.bottleneck.router and ccroute.installed(tb, host):
             out.append(f"{host}: ip rule {ccroute.PREF}")
         for iface in tb.host(host).interfaces:

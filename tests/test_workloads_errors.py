@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator import workloads
 from orchestrator.errors import UserError
-from orchestrator.scenario import FlowSpec
+from orchestrator.spec.scenario import FlowSpec
 from orchestrator.workloads import l4s
 
 from conftest import dumbbell_yaml, needs_root, unique_name
@@ -20,8 +20,8 @@ pytestmark = [pytest.mark.integration, needs_root]
 
 @pytest.fixture(scope="module")
 def tb():
-    from orchestrator import spec as specmod
     from orchestrator.providers import netns
+    from orchestrator.spec import schema as specmod
 
     spec = specmod.parse(dumbbell_yaml(unique_name("wle")), "errors-test")
     testbed = netns.up(spec)

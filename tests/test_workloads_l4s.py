@@ -20,8 +20,8 @@ import pytest
 
 from orchestrator import workloads
 from orchestrator.analysis.pcap import AE, CWR, ECE, SYN, read_pcap
-from orchestrator.capture import Capture
-from orchestrator.scenario import Scenario
+from orchestrator.experiment.capture import Capture
+from orchestrator.spec.scenario import Scenario
 from orchestrator.workloads import l4s, stepmark
 
 from conftest import dumbbell_yaml, needs_root, unique_name

@@ -10,8 +10,8 @@ import pytest
 
 from orchestrator import workloads
 from orchestrator.analysis.pcap import read_pcap
-from orchestrator.capture import Capture
-from orchestrator.scenario import Scenario
+from orchestrator.experiment.capture import Capture
+from orchestrator.spec.scenario import Scenario
 
 from conftest import dumbbell_yaml, needs_root, unique_name
 

@@ -10,10 +10,10 @@ import subprocess
 
 import pytest
 
-from orchestrator import spec as specmod
 from orchestrator.errors import UserError
 from orchestrator.providers import netns
-from orchestrator.scenario import FlowSpec
+from orchestrator.spec import schema as specmod
+from orchestrator.spec.scenario import FlowSpec
 from orchestrator.workloads import bpfbuild, iperf, plan, scapy_sender, tcpinfo, udp_cbr
 
 from conftest import dumbbell_yaml
@@ -91,7 +91,7 @@ def test_host_errors_name_the_flow_and_key(paper_testbed, kw, words):
 
 
 def test_capture_points(paper_testbed):
-    from orchestrator.capture import resolve
+    from orchestrator.experiment.capture import resolve
 
     assert resolve(paper_testbed, None) == [("s1", "e-r1"), ("s2", "e-r1"), ("rx", "e-r1")]
     assert resolve(paper_testbed, ["r1", "rx:e-r1", ("rx", "e-r1")]) == [
@@ -102,7 +102,6 @@ def test_capture_points(paper_testbed):
         resolve(paper_testbed, ["zz"])
 
 
-@pytest.mark.skipif(bpfbuild.toolchain_missing() is not None, reason="needs clang and bpftool")
 def test_bpf_objects_build_with_their_parameters():
     cc = bpfbuild.build("scalable_cc.bpf.c", {"CC_NAME": "l4s_unit", "CC_FLAGS": "0x6"})
     again = bpfbuild.build("scalable_cc.bpf.c", {"CC_NAME": "l4s_unit", "CC_FLAGS": "0x6"})

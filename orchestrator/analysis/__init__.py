@@ -13,15 +13,13 @@ def analyze(run_dir: str | Path, bin_s: float = 0.1, html: bool = True) -> dict[
     """summary.json, tables/, plots/ and (unless html=False) report.html; returns the summary."""
     from orchestrator.analysis import plots, report, summary
 
-    a = summary.analyse(run_dir, bin_s)
+    a = summary.analyze(run_dir, bin_s)
     summary.write(a)
     plots.plot_run(a)
     if html:
         report.report([a.run.path], a.run.path / "report.html")
     return a.summary
 
-
-analyze_run = analyze  # the name `testbed run` calls
 
 
 def summarize(run_dir: str | Path, bin_s: float = 0.1) -> dict[str, Any]:

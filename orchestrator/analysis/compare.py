@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from orchestrator.analysis import queue, summary
 from orchestrator.analysis.plots import COLOURS
-from orchestrator.analysis.run import Run, load_json
+from orchestrator.analysis.rundir import RunDir, load_json
 from policies.base import CLASSES
 
 LINESTYLES = ("-", "--", ":", "-.")
@@ -113,7 +113,7 @@ def plot(run_dirs: list[str | Path], path: str | Path, frame: pd.DataFrame | Non
 def _cdfs(ax: Any, run_dirs: list[str | Path]) -> bool:
     drew = False
     for i, d in enumerate(run_dirs):
-        run = Run(d)
+        run = RunDir(d)
         pkts = run.packets()
         for cls in CLASSES:
             values = queue.sojourn(pkts, cls)

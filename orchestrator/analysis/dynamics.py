@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.analysis import queue
-from orchestrator.bottleneck.schedule import Schedule, Step
+from orchestrator.spec.schedule import Schedule, Step
 from policies.base import CLASSES, Action
 
 BIN_S = 0.1

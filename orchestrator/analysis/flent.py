@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.analysis import report, summary
-from orchestrator.analysis.run import Run
+from orchestrator.analysis.rundir import RunDir
 from policies.base import CLASSES
 
 FORMAT_VERSION = 4
@@ -34,7 +34,7 @@ TEST_NAME = "tcp_nup"
 
 def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write <run>/<run-id>.flent.gz (or `out`); returns the path."""
-    run = Run(run_dir)
+    run = RunDir(run_dir)
     s = report.ensure_analysed(run.path)
     ts = _read(run.path / "tables" / "timeseries.parquet")
     rtt = _read(run.path / "tables" / "rtt.parquet")
@@ -51,7 +51,7 @@ def _read(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path) if path.exists() else pd.DataFrame({"t": []})
 
 
-def resultset(run: Run, s: dict[str, Any], ts: pd.DataFrame, rtt: pd.DataFrame) -> dict[str, Any]:
+def resultset(run: RunDir, s: dict[str, Any], ts: pd.DataFrame, rtt: pd.DataFrame) -> dict[str, Any]:
     """The JSON object of a Flent data file."""
     t0 = run.started if run.started is not None else 0.0
     step = float(np.median(np.diff(ts["t"]))) if len(ts) > 1 else summary.BIN_S
@@ -123,7 +123,7 @@ def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _metadata(run: Run, s: dict[str, Any], t0: float, step: float, streams: int,
+def _metadata(run: RunDir, s: dict[str, Any], t0: float, step: float, streams: int,
               series: dict[str, dict[str, Any]], x: np.ndarray) -> dict[str, Any]:
     hosts = sorted({f.get("dst") for f in run.flows if f.get("dst")})
     streams_note = ", ".join(f"{k}={v['FLOW']}" for k, v in series.items() if "FLOW" in v)

@@ -15,7 +15,7 @@ import pandas as pd
 
 from orchestrator.analysis import compare as comparemod
 from orchestrator.analysis import plots, summary
-from orchestrator.analysis.run import Run, load_json
+from orchestrator.analysis.rundir import RunDir, load_json
 
 PLOTS = (("queue_delay_cdf.png", "Queue delay CDF"), ("throughput.png", "Throughput per flow"),
          ("queue_delay.png", "Queue delay over time"), ("probability.png", "Marking and drop probability"))
@@ -47,7 +47,7 @@ def ensure_analysed(run_dir: Path) -> dict[str, Any]:
     found = load_json(run_dir / "summary.json")
     if found and (run_dir / "plots").is_dir():
         return found
-    a = summary.analyse(run_dir)
+    a = summary.analyze(run_dir)
     summary.write(a)
     plots.plot_run(a)
     return a.summary
@@ -55,7 +55,7 @@ def ensure_analysed(run_dir: Path) -> dict[str, Any]:
 
 def _run_section(run_dir: Path) -> str:
     s = ensure_analysed(run_dir)
-    run = Run(run_dir)
+    run = RunDir(run_dir)
     status = s.get("status")
     head = (f"<h2>{html.escape(run.run_id)}</h2><p>status: <span class='{html.escape(str(status))}'>"
             f"{html.escape(str(status))}</span> &middot; policy <b>{html.escape(str(s.get('policy')))}</b> "

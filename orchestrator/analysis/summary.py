@@ -23,7 +23,7 @@ from orchestrator.analysis import dynamics as dynmod
 from orchestrator.analysis import flows as flowmod
 from orchestrator.analysis import queue
 from orchestrator.analysis.pcap import read_pcap
-from orchestrator.analysis.run import Run, flow_class
+from orchestrator.analysis.rundir import RunDir, flow_class
 from policies.base import CLASSES
 
 BIN_S = 0.1
@@ -33,7 +33,7 @@ BIN_S = 0.1
 class Analysis:
     """Everything computed for one run; the summary is its JSON face."""
 
-    run: Run
+    run: RunDir
     t0: float
     summary: dict[str, Any] = field(default_factory=dict)
     flows: list[flowmod.FlowFigures] = field(default_factory=list)
@@ -47,14 +47,14 @@ class Analysis:
 
 def summarize(run_dir: str | Path, bin_s: float = BIN_S) -> dict[str, Any]:
     """Analyse a run, write summary.json and tables/, return the summary."""
-    analysis = analyse(run_dir, bin_s)
+    analysis = analyze(run_dir, bin_s)
     write(analysis)
     return analysis.summary
 
 
-def analyse(run_dir: str | Path, bin_s: float = BIN_S) -> Analysis:
+def analyze(run_dir: str | Path, bin_s: float = BIN_S) -> Analysis:
     """Compute everything, write nothing."""
-    run = Run(run_dir)
+    run = RunDir(run_dir)
     captures = _Captures(run)
     pkts, control = run.packets(), run.control()
     a = Analysis(run=run, t0=_t0(run, pkts))
@@ -108,7 +108,7 @@ def _dynamics(a: Analysis, pkts: pd.DataFrame) -> None:
 class _Captures:
     """Reads each pcap once; picks, for a flow, the host's capture that carried it."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: RunDir) -> None:
         self.run = run
         self.cache: dict[Path, pd.DataFrame | None] = {}
         self.notes: list[str] = []
@@ -155,7 +155,7 @@ def capture_losses(run_dir: Path) -> list[str]:
     return notes
 
 
-def _t0(run: Run, pkts: pd.DataFrame) -> float:
+def _t0(run: RunDir, pkts: pd.DataFrame) -> float:
     """The origin of every time axis: the run's start, else the first telemetry packet, else
     the earliest start in the flow reports."""
     if run.started is not None:
@@ -170,7 +170,7 @@ def _t0(run: Run, pkts: pd.DataFrame) -> float:
 
 # ---- tables
 
-def _flow_table(run: Run, figs: list[flowmod.FlowFigures], notes: list[str]) -> pd.DataFrame:
+def _flow_table(run: RunDir, figs: list[flowmod.FlowFigures], notes: list[str]) -> pd.DataFrame:
     rows = []
     for flow, fig in zip(run.flows, figs, strict=True):
         reported = _count(flow.get("retransmits"))

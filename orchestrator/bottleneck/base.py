@@ -7,15 +7,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from orchestrator.errors import UserError
-from orchestrator.testbed import Testbed
+from orchestrator.testbed.base import Testbed
 from policies.base import Policy
 
 
 class Datapath:
     name: ClassVar[str] = ""
 
-    def __init__(self, testbed: Testbed) -> None:
+    def __init__(self, testbed: Testbed, seed: int | None = None) -> None:
         self.testbed = testbed
+        self.seed = seed  # the run's: coin tosses, exploration noise
 
     def unsupported(self, policy: Policy) -> str | None:
         """Why this datapath cannot run the policy here, or None if it can."""

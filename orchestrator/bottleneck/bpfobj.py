@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from orchestrator.errors import UserError
 
 if TYPE_CHECKING:
-    from orchestrator.testbed import Testbed
+    from orchestrator.testbed.base import Testbed
 
 BPF_DIR = Path(__file__).parent / "bpf"
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")

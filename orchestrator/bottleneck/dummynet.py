@@ -1,6 +1,6 @@
 """The 'dummynet' datapath: the FreeBSD router's own dummynet AQM, exactly as `testbed up`
 configured it (the router's ssh.aqm on the bottleneck pipe, ssh.aqm_args its parameters;
-playbooks/roles/freebsd_router and orchestrator/freebsd.py build it).
+playbooks/roles/freebsd_router and orchestrator/providers/ssh/freebsd.py build it).
 
 Minimal on purpose: it deploys nothing. A policy runs here only if it is the AQM the router
 was brought up with (fifo, codel or pie) and asks for that AQM's defaults, since the
@@ -21,9 +21,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import policies
 from orchestrator.bottleneck import dynamic_run
 from orchestrator.bottleneck.base import Datapath
-from orchestrator.testbed import Testbed
+from orchestrator.testbed.base import Testbed
 from policies.base import Policy
 
 AQM_OF = {"fifo": "fifo", "codel": "codel", "pie": "pie"}  # policy -> dummynet AQM
@@ -32,8 +33,8 @@ AQM_OF = {"fifo": "fifo", "codel": "codel", "pie": "pie"}  # policy -> dummynet 
 class DummynetDatapath(Datapath):
     name = "dummynet"
 
-    def __init__(self, testbed: Testbed) -> None:
-        super().__init__(testbed)
+    def __init__(self, testbed: Testbed, seed: int | None = None) -> None:
+        super().__init__(testbed, seed)
         self.tel: Path | None = None
         self.timer: dynamic_run.HtbTimer | None = None
         self.run_dir: Path | None = None
@@ -56,7 +57,7 @@ class DummynetDatapath(Datapath):
         if AQM_OF.get(policy.name) != aqm:
             return (f"the router's dummynet runs {aqm!r} (ssh.aqm at `testbed up`), not policy "
                     f"{policy.name!r}; bring the testbed up with ssh.aqm: {policy.name}")
-        if getattr(policy, "inner", None) is not None:
+        if policies.to_config(policy)["explore"] is not None:
             return "dummynet applies no per-update decisions: exploration noise needs nfqueue or ebpf"
         if dataclasses.asdict(policy.params) != dataclasses.asdict(type(policy.params)()):
             return (f"on the dummynet datapath the {aqm} parameters are the spec's ssh.aqm_args, "

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.bottleneck import htb_schedule
-from orchestrator.bottleneck.dynamic import T0_FILE, DynamicsError, LinkDynamics, read_t0
 from orchestrator.errors import SpecError, UserError
-from orchestrator.testbed import Testbed
+from orchestrator.spec.dynamic import T0_FILE, DynamicsError, LinkDynamics, read_t0
+from orchestrator.testbed.base import Testbed
 
 EXTRA_KEY = "link_dynamics"
 DELAY_KEY = "delay_schedule"
@@ -185,7 +185,7 @@ def applied(tb: Testbed, dyn: LinkDynamics | None, run_dir: Path, duration_s: fl
     """For one run: the scenario's static link values (rate, RTT, buffer: set, then restored),
     the dynamics where the datapaths find them, and a delay schedule on the delay line
     (restarted with it) or, where the kernel has netem, on a timer. Restored after."""
-    from orchestrator import link
+    from orchestrator.bottleneck import shaping as link
 
     if static:
         bn = tb.bottleneck
@@ -235,7 +235,7 @@ def applied(tb: Testbed, dyn: LinkDynamics | None, run_dir: Path, duration_s: fl
 def for_run(tb: Testbed, scenario: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """(the run's dynamics as JSON or None, the static link values to set for the run) from
     the testbed file's bottleneck and the scenario's `link:` override (its keys win)."""
-    from orchestrator.bottleneck.dynamic import nominal, parse
+    from orchestrator.spec.dynamic import nominal, parse
 
     spec_bn: dict[str, Any] = {}
     for lk in (tb.spec_data or {}).get("links") or []:

@@ -33,11 +33,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator import link
+import policies
 from orchestrator.bottleneck import bpfobj, dynamic_run
+from orchestrator.bottleneck import shaping as link
 from orchestrator.bottleneck.base import Datapath
 from orchestrator.errors import UserError
-from orchestrator.testbed import Testbed
+from orchestrator.testbed.base import Testbed
 from policies.base import Policy
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,9 @@ READY_TIMEOUT_S = 60.0  # the agent imports the policy: an AQM-LLM loads torch
 class EbpfDatapath(Datapath):
     name = "ebpf"
 
-    def __init__(self, testbed: Testbed, sample_rate: float | None = None) -> None:
-        super().__init__(testbed)
+    def __init__(self, testbed: Testbed, seed: int | None = None,
+                 sample_rate: float | None = None) -> None:
+        super().__init__(testbed, seed)
         self.sample_rate = sample_rate
         self.agent: subprocess.Popen | None = None
         self.cfg: dict[str, Any] = {}
@@ -104,15 +106,7 @@ class EbpfDatapath(Datapath):
     def _config(self, policy: Policy, tel: str) -> dict[str, Any]:
         """What the agent needs: the policy by name and parameters (it builds its own copy:
         policies are pure), exploration noise if the policy is wrapped in it, the link."""
-        from policies.explore import Explore
-
         bn, qc = self.testbed.bottleneck, policy.queue_config()
-        seed = getattr(self, "seed", None)  # set by orchestrator.run
-        explore = None
-        if isinstance(policy, Explore):
-            explore = {"epsilon": policy.epsilon, "spread": policy.spread, "hold": policy.hold,
-                       "seed": seed or 0}
-            policy = policy.inner
         return {
             "pin_dir": str(self.testbed.bpffs() / PIN_SUBDIR),
             "obj": bpfobj.build_on(self.testbed, bn.router),  # copied or compiled there if remote
@@ -120,7 +114,7 @@ class EbpfDatapath(Datapath):
             "leaf_handles": list(LEAF_HANDLES),
             "limit_pkts": qc.limit_pkts or bn.buffer_pkts, "single_queue": not qc.dualq,
             "sample_every": self._sample_every(bn.rate_bps),
-            "policy": policy.name, "policy_args": _params(policy), "explore": explore,
+            **policies.to_config(policy, self.seed),
             "tupdate_s": qc.tupdate_s,
             "out_dir": tel, "stats_file": f"{tel}/ebpf-agent-stats.json",
             "capacity": self._capacity(tel),
@@ -128,7 +122,7 @@ class EbpfDatapath(Datapath):
 
     def _capacity(self, tel: str) -> dict[str, Any] | None:
         """A dynamic link's rate steps, for the agent's step-marking arithmetic (RateFollower)."""
-        from orchestrator.bottleneck.dynamic import T0_FILE
+        from orchestrator.spec.dynamic import T0_FILE
 
         dyn = dynamic_run.of(self.testbed)
         if dyn is None or not dyn.varies_rate:
@@ -239,8 +233,3 @@ class EbpfDatapath(Datapath):
 def _bits(bps: float) -> str:
     return f"{int(bps)}bit"
 
-
-def _params(policy: Policy) -> dict[str, Any]:
-    import dataclasses
-
-    return {k: v for k, v in dataclasses.asdict(policy.params).items() if v is not None}

@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 
 from orchestrator.bottleneck import bpfobj
+from orchestrator.bottleneck.control import ControlLoop
 from orchestrator.bottleneck.packetlog import write_part
 from orchestrator.bottleneck.ringbuf import RingReader
-from orchestrator.control import ControlLoop
 from policies.base import ClassState, Decision, QueueState
 
 CLS_CFG_DT = np.dtype([("p_drop", "<u4"), ("p_mark", "<u4"), ("step_ns", "<u8")])
@@ -212,7 +212,7 @@ class RateFollower:
 
     def update(self, maps: Any, now: float | None = None) -> None:
         if self.t0 is None:
-            from orchestrator.bottleneck.dynamic import read_t0
+            from orchestrator.spec.dynamic import read_t0
 
             self.t0 = read_t0(self.t0_path)
             if self.t0 is None:
@@ -306,11 +306,7 @@ def run(cfg: dict[str, Any]) -> None:
     import policies
 
     pin, out = Path(cfg["pin_dir"]), Path(cfg["out_dir"])
-    policy = policies.make(cfg["policy"], cfg.get("policy_args", {}))
-    if cfg.get("explore"):
-        from policies.explore import Explore
-
-        policy = Explore(policy, **cfg["explore"])
+    policy = policies.from_config(cfg)
     maps = Maps(pin)
     reader = StateReader(maps, cfg["link_rate_bps"])
     log = RecordLog(open_ring(pin), out / "packets", packet_meta(cfg))

@@ -98,7 +98,7 @@ def run(config: dict[str, Any]) -> int:
     print("htb-schedule ready", flush=True)
     t0 = config.get("t0_epoch")
     if t0 is None:
-        from orchestrator.bottleneck.dynamic import wait_t0
+        from orchestrator.spec.dynamic import wait_t0
 
         t0 = wait_t0(config["t0_path"], lambda: stopping)
         if t0 is None:

@@ -25,14 +25,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from orchestrator import link
 from orchestrator.bottleneck import dynamic_run
+from orchestrator.bottleneck import shaping as link
 from orchestrator.bottleneck.base import Datapath
 from orchestrator.bottleneck.schedule_commands import BASELINE_CLASS
 from orchestrator.errors import UserError
-from orchestrator.telemetry import PartWriter
-from orchestrator.testbed import Testbed
+from orchestrator.testbed.base import Testbed
 from policies.base import Policy
+from policies.telemetry import PartWriter
 
 QDISC_OF = {"fifo": "pfifo", "red": "red", "codel": "codel", "pie": "pie", "dualpi2": "dualpi2"}
 LEAF = "10:"
@@ -42,8 +42,8 @@ POLL_S = 0.1
 class KernelDatapath(Datapath):
     name = "kernel"
 
-    def __init__(self, testbed: Testbed) -> None:
-        super().__init__(testbed)
+    def __init__(self, testbed: Testbed, seed: int | None = None) -> None:
+        super().__init__(testbed, seed)
         self.stop_poll = threading.Event()
         self.poller: threading.Thread | None = None
         self.writer: PartWriter | None = None

@@ -1,7 +1,7 @@
 """The `nfqueue` datapath: the whole bottleneck link in a userspace process, so any policy
 runs per packet (CoDel's dequeue hook included).
 
-start() launches the link process (nfqueue_link.py) in the router's namespace, takes the
+start() launches the link process (nfqueue_daemon.py) in the router's namespace, takes the
 baseline HTB shaper off the bottleneck egress (the process emulates the rate itself) and sends
 the forward traffic to it with iptables rules in the filter table's FORWARD chain. The base
 delay stays with the testbed's delay line: its rules live in the mangle table, which runs
@@ -11,7 +11,6 @@ the link process dies, traffic still flows (unshaped); stop() reports that.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shlex
 import subprocess
@@ -19,10 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator import link
+import policies
+from orchestrator.bottleneck import shaping as link
 from orchestrator.bottleneck.base import Datapath
 from orchestrator.errors import UserError
-from orchestrator.testbed import Testbed
+from orchestrator.testbed.base import Testbed
 from policies.base import Policy
 
 QUEUE_NUM = 10
@@ -40,8 +40,8 @@ def rule_args(ingress: str, egress: str) -> list[str]:
 class NfqueueDatapath(Datapath):
     name = "nfqueue"
 
-    def __init__(self, testbed: Testbed) -> None:
-        super().__init__(testbed)
+    def __init__(self, testbed: Testbed, seed: int | None = None) -> None:
+        super().__init__(testbed, seed)
         self.proc: subprocess.Popen | None = None
         self.run_dir: Path | None = None
         self.log_path: Path | None = None
@@ -59,7 +59,7 @@ class NfqueueDatapath(Datapath):
         tb.put(bn.router, config_path, json.dumps(config, indent=1, default=str))
         tb.run(bn.router, ["rm", "-f", config["counters_path"]])  # never report an earlier run's
         self.log_path = tel / "nfqueue-link.log"  # its stdout: on this machine for every provider
-        argv = [tb.python(bn.router), "-m", "orchestrator.bottleneck.nfqueue_link", "--config", config_path]
+        argv = [tb.python(bn.router), "-m", "orchestrator.bottleneck.nfqueue_daemon", "--config", config_path]
         with open(self.log_path, "wb") as out:
             self.proc = tb.popen(bn.router, argv, tag="nfqueue-link", stdout=out, stderr=subprocess.STDOUT,
                                  cwd=REPO)
@@ -76,20 +76,11 @@ class NfqueueDatapath(Datapath):
     def config(self, policy: Policy) -> dict[str, Any]:
         """What the link process needs: the policy by name and parameters (it builds its own
         copy: policies are pure, so the copy behaves the same), the link, the seed."""
-        from policies.explore import Explore
-
         bn = self.testbed.bottleneck
         assert self.run_dir is not None
         tel = self.remote or str(self.run_dir / "telemetry")
-        seed = getattr(self, "seed", None)  # set by orchestrator.run
-        explore = None
-        if isinstance(policy, Explore):  # exploration noise around a registered policy
-            explore = {"epsilon": policy.epsilon, "spread": policy.spread, "hold": policy.hold,
-                       "seed": seed or 0}
-            policy = policy.inner
         return {
-            "queue_num": QUEUE_NUM, "policy": policy.name, "seed": seed, "explore": explore,
-            "policy_args": dataclasses.asdict(policy.params),
+            "queue_num": QUEUE_NUM, **policies.to_config(policy, self.seed), "seed": self.seed,
             "rate_bps": bn.rate_bps, "buffer_pkts": bn.buffer_pkts, "buffer_bytes": bn.buffer_bytes,
             "buffer_in": getattr(bn, "buffer_in", "packets"),
             # the kernel's receive timestamp is the arrival, unless a delay line holds the

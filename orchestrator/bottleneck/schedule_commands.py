@@ -13,9 +13,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from orchestrator.bottleneck.dynamic import LinkDynamics
 from orchestrator.bottleneck.htb_schedule import class_change_argv
-from orchestrator.testbed import Bottleneck
+from orchestrator.spec.dynamic import LinkDynamics
+from orchestrator.testbed.base import Bottleneck
 
 Timeline = list[tuple[float, float, list[list[str]]]]
 BASELINE_CLASS = {"parent": "1:", "classid": "1:1", "share": 1.0}  # link.install_shaper's HTB
@@ -40,7 +40,7 @@ def dummynet_timeline(bn: Bottleneck, dyn: LinkDynamics, duration_s: float, aqm:
                       aqm_args: dict[str, Any] | None = None) -> Timeline:
     """The forward pipe (rate, forward delay, queue, AQM) and the reverse pipe (reverse delay)
     at every instant the schedule changes something."""
-    from orchestrator import freebsd
+    from orchestrator.providers.ssh import freebsd
 
     share = bn.forward_delay_s / bn.rtt_s if bn.rtt_s > 0 else 0.0
     steps = dyn.capacity_steps(duration_s)

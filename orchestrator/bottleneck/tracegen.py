@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.bottleneck.schedule import MAHIMAHI_BYTES, ScheduleError
+from orchestrator.spec.schedule import MAHIMAHI_BYTES, ScheduleError
 
 PACKET_BITS = MAHIMAHI_BYTES * 8
 

@@ -17,13 +17,14 @@ from orchestrator.commands.run import parse_policy_args
 @click.option("--testbed", "name", help="Testbed name (default: the only one up).")
 def collect(matrix: str, out: str, name: str | None) -> None:
     """Run the matrix's training scenarios with exploring behaviour policies; write a pool."""
-    from orchestrator import collect as col
-    from orchestrator import testbed as tbmod
-    from orchestrator.view import RunProgress
+    from orchestrator import providers
+    from orchestrator.commands.view import RunProgress
+    from orchestrator.experiment import collect as col
+    from orchestrator.experiment.points import is_complete
 
-    tb = tbmod.load(name)
+    tb = providers.load(name)
     state = col.start(matrix, Path(out))
-    todo = [p for p in state["points"] if not p["held_out"] and not p["run"]]
+    todo = [p for p in state["points"] if not p["held_out"] and not is_complete(p)]
     click.echo(f"{len(todo)} scenarios to run, {sum(p['held_out'] for p in state['points'])} held out")
     with RunProgress() as progress:
         pool = col.collect(tb, Path(out), progress.update)
@@ -39,11 +40,11 @@ def collect(matrix: str, out: str, name: str | None) -> None:
 @click.option("--testbed", "name", help="Testbed name (default: the only one up).")
 def evaluate(out: str, specs: tuple[str, ...], repeat: int, name: str | None) -> None:
     """Run policies closed loop on the held-out scenarios; print one table with spread."""
-    from orchestrator import collect as col
-    from orchestrator import testbed as tbmod
-    from orchestrator.view import RunProgress
+    from orchestrator import providers
+    from orchestrator.commands.view import RunProgress
+    from orchestrator.experiment import collect as col
 
-    tb = tbmod.load(name)
+    tb = providers.load(name)
     chosen = []
     for spec in specs or ("dualpi2", "pie"):
         policy, _, args = spec.partition(":")

@@ -27,7 +27,7 @@ def regress(suite_file: str, baseline_file: str, update_baseline: bool, name: st
     """Run the scenarios x policies of SUITE_FILE, compare each metric of summary.json with
     the baseline, write a comparison table (CSV, and printed), and exit 1 if any metric
     drifted past its tolerance (or a run failed)."""
-    from orchestrator import regress as rg
+    from orchestrator.experiment import regress as rg
 
     suite = rg.load_suite(suite_file)
     baseline_path = Path(baseline_file)
@@ -57,10 +57,10 @@ def regress(suite_file: str, baseline_file: str, update_baseline: bool, name: st
 
 
 def _run(suite: object, name: str | None, out_dir: Path) -> tuple[dict, dict]:
-    from orchestrator import regress as rg
-    from orchestrator import testbed as tbmod
+    from orchestrator import providers
+    from orchestrator.experiment import regress as rg
 
-    tb = tbmod.load(name)
+    tb = providers.load(name)
     bn = tb.bottleneck
     testbed = {"name": tb.name, "provider": tb.provider, "rate_mbps": bn.rate_bps / 1e6,
                "rtt_ms": bn.rtt_s * 1e3, "buffer_pkts": bn.buffer_pkts}

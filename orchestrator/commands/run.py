@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
-from orchestrator import results
-from orchestrator.errors import SpecError, UserError
+from orchestrator import bottleneck
+from orchestrator.errors import UserError
+from orchestrator.experiment import results
+from orchestrator.spec import scenario as scenario_mod
 
 
 def parse_policy_args(items: tuple[str, ...]) -> dict[str, str]:
@@ -24,50 +25,18 @@ def parse_policy_args(items: tuple[str, ...]) -> dict[str, str]:
 
 
 def load_scenario(path: str | None, tb: Any) -> Any:
-    """The scenario from FILE (a file with a `scenario:` key, or the scenario itself), else the
-    testbed file's own."""
-    from pydantic import ValidationError
-
-    from orchestrator.scenario import Scenario
-    from orchestrator.spec import _message, key_path
-
+    """The scenario from FILE, else the testbed file's own."""
     spec = tb.spec()
     if path is None:
         if spec.scenario is None:
             raise UserError(f"testbed {tb.name!r} has no scenario; give one with --scenario FILE")
         return spec.scenario
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(path, "", f"cannot read the file: {e}") from None
-    except yaml.YAMLError as e:
-        raise SpecError(path, "", f"not valid YAML: {e}") from None
-    prefix = ""
-    if isinstance(data, dict) and "scenario" in data:
-        data, prefix = data["scenario"], "scenario."
-    if not isinstance(data, dict):
-        raise SpecError(path, prefix.rstrip("."), "expected a mapping with 'flows'")
-    from orchestrator.bottleneck.dynamic import with_absolute_trace
-
-    base = Path(path).parent  # a trace is named relative to the scenario file
-    if "link" in data:
-        data = {**data, "link": with_absolute_trace(data["link"], base)}
-    sweep_ = data.get("sweep")
-    if isinstance(sweep_, dict) and isinstance(sweep_.get("link"), list):
-        data = {**data, "sweep": {**sweep_, "link": [with_absolute_trace(v, base) for v in sweep_["link"]]}}
-    try:
-        scenario = Scenario.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise SpecError(path, prefix + key_path(err["loc"]), _message(err)) from None
-    scenario.check(spec, path, prefix)
-    scenario._source = path
-    return scenario
+    return scenario_mod.load(path, spec.roles())
 
 
 @click.command()
 @click.option("--policy", help="AQM policy (see `testbed policies`). Default: the scenario's, else dualpi2.")
-@click.option("--datapath", type=click.Choice(["nfqueue", "ebpf", "kernel", "dummynet"]),
+@click.option("--datapath", type=click.Choice(bottleneck.names()),
               help="Where the policy runs (default: the scenario's, else nfqueue).")
 @click.option("--scenario", "scenario_file", type=click.Path(dir_okay=False),
               help="Scenario file (default: the testbed file's scenario).")
@@ -86,12 +55,13 @@ def run(policy: str | None, datapath: str | None, scenario_file: str | None, dur
         repeat: int, seed: int, policy_args: tuple[str, ...], name: str | None, results_root: str,
         resume: str | None, as_json: bool) -> None:
     """Run an experiment on the testbed that is up, and analyse it."""
-    from orchestrator import sweep
-    from orchestrator import testbed as tbmod
-    from orchestrator.run import DEFAULT_DATAPATH, RunConfig
-    from orchestrator.view import RunProgress, print_summary
+    from orchestrator import providers
+    from orchestrator.bottleneck import DEFAULT_DATAPATH
+    from orchestrator.commands.view import RunProgress, print_summary
+    from orchestrator.experiment import sweep
+    from orchestrator.experiment.run import RunConfig
 
-    tb = tbmod.load(name)
+    tb = providers.load(name)
     results.mark_orphans(Path(results_root))
     if repeat < 1:
         raise UserError(f"--repeat: expected 1 or more, got {repeat}")
@@ -120,8 +90,8 @@ def run(policy: str | None, datapath: str | None, scenario_file: str | None, dur
 
 
 def _single(tb: Any, scenario: Any, config: Any, root: Path, as_json: bool) -> None:
-    from orchestrator.run import Run
-    from orchestrator.view import RunProgress, print_summary
+    from orchestrator.commands.view import RunProgress, print_summary
+    from orchestrator.experiment.run import Run
 
     config.results_root = root
     run_ = Run(tb, scenario, config)

@@ -28,9 +28,9 @@ def trace() -> None:
 def generate(out: str, seed: int, duration: str, levels: str, stay: float, step_ms: int,
              sigma: float) -> None:
     """Generate a cellular-like trace (orchestrator/bottleneck/tracegen.py documents the model)."""
-    from orchestrator import units
     from orchestrator.bottleneck import tracegen
-    from orchestrator.bottleneck.schedule import ScheduleError
+    from orchestrator.spec import units
+    from orchestrator.spec.schedule import ScheduleError
 
     try:
         duration_s = units.seconds(duration)
@@ -56,7 +56,7 @@ def show(file: str) -> None:
     """Summarise a trace: period, mean rate, and the rate's spread over 1 s windows."""
     import numpy as np
 
-    from orchestrator.bottleneck import schedule as sm
+    from orchestrator.spec import schedule as sm
 
     try:
         loaded = sm.load_trace(Path(file))

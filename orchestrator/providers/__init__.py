@@ -1,17 +1,68 @@
-"""Providers build testbeds: `netns` on this machine, `ssh` on existing machines."""
+"""Providers build testbeds: `netns` on this machine, `ssh` on existing machines.
+
+The one registry of providers: `up`, `down` and `load` look a provider up here by name (the
+name a testbed file and a state file carry), so nothing else dispatches on it. Provider
+modules are imported on use: the ssh one pulls in paramiko and Ansible's runner.
+"""
 
 from __future__ import annotations
 
+import importlib
+import logging
+from types import ModuleType
+from typing import TYPE_CHECKING, get_args
+
 from orchestrator.errors import UserError
+from orchestrator.spec.schema import Provider
+from orchestrator.testbed import state
+
+if TYPE_CHECKING:
+    from orchestrator.spec.schema import Spec
+    from orchestrator.testbed.base import Testbed
+
+# name -> the module with TESTBED (the class), up(spec), down(name, tb) and leftover_names();
+# the names are the ones a testbed file may give (spec.schema.Provider)
+PROVIDERS = {name: f"orchestrator.providers.{name}" for name in get_args(Provider)}
+log = logging.getLogger(__name__)
 
 
-def provider_class(name: str) -> type:
-    if name == "netns":
-        from orchestrator.providers.netns import NetnsTestbed
+def provider(name: str) -> ModuleType:
+    if name not in PROVIDERS:
+        raise UserError(f"unknown provider {name!r} (expected {' or '.join(PROVIDERS)})")
+    return importlib.import_module(PROVIDERS[name])
 
-        return NetnsTestbed
-    if name == "ssh":
-        from orchestrator.providers.ssh import SshTestbed  # type: ignore[import-not-found]
 
-        return SshTestbed
-    raise UserError(f"unknown provider {name!r} (expected netns or ssh)")
+def testbed_class(name: str) -> type[Testbed]:
+    return provider(name).TESTBED
+
+
+def up(spec: Spec) -> Testbed:
+    """Build the testbed `spec` describes with its provider."""
+    return provider(spec.provider).up(spec)
+
+
+def load(name: str | None = None) -> Testbed:
+    """The testbed that is up under `name` (or the only one up)."""
+    data = state.read(name)
+    return state.restore(testbed_class(data["provider"]), data)
+
+
+def down(name: str) -> list[str]:
+    """Tear testbed `name` down, whatever state it is in; returns what was removed. Every
+    datapath cleans up first (also after a kill -9 of a run), then the provider replays the
+    cleanup records and removes the rest (see teardown)."""
+    from orchestrator.providers import teardown
+
+    try:
+        tb: Testbed | None = load(name)
+    except (UserError, ValueError, KeyError, TypeError):
+        tb = None  # no state, or an unreadable one: the provider still finds what is left
+    if tb is not None:
+        for warning in teardown.clean_datapaths(tb):
+            log.warning(warning)
+    return provider(tb.provider if tb is not None else "netns").down(name, tb)
+
+
+def leftover_names() -> set[str]:
+    """Names of testbeds that left kernel objects behind but have no state (any provider)."""
+    return set().union(*(provider(p).leftover_names() for p in PROVIDERS))

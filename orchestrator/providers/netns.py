@@ -14,22 +14,19 @@ import os
 import signal
 import subprocess
 import time
-from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
-from orchestrator import kernel, link
+from orchestrator.bottleneck import shaping as link
 from orchestrator.errors import UserError
-from orchestrator.spec import Spec
-from orchestrator.testbed import (
-    Bottleneck,
-    Host,
-    Interface,
-    Process,
-    Testbed,
-    is_same_process,
-    state_dir_of,
-)
+from orchestrator.providers import features as kernel
+from orchestrator.providers import teardown
+from orchestrator.spec.names import is_testbed_name
+from orchestrator.spec.schema import Spec
+from orchestrator.testbed import topology
+from orchestrator.testbed.base import Bottleneck, Host, Process, is_same_process
+from orchestrator.testbed.local import LocalTestbed
+from orchestrator.testbed.state import state_dir_of
 
 NS_PREFIX = "tb-"
 
@@ -38,11 +35,18 @@ def ns_name(testbed: str, host: str) -> str:
     return f"{NS_PREFIX}{testbed}-{host}"
 
 
-class NetnsTestbed(Testbed):
+class NetnsTestbed(LocalTestbed):
     provider = "netns"
 
+    def netns(self, host: str) -> str:
+        """The namespace of `host` (the name says whose it is, so `down` finds it by name)."""
+        return ns_name(self.name, self.host(host).name)
+
+    def location(self, host: str) -> str:
+        return self.netns(host)
+
     def argv_on(self, host: str, argv: Sequence[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.host(host).netns, *argv]
+        return ["ip", "netns", "exec", self.netns(host), *argv]
 
     def bpffs(self) -> Path:
         path = self.state_dir / "bpffs"
@@ -64,72 +68,11 @@ def _sh(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess:
 
 
 def plan(spec: Spec) -> tuple[dict[str, Host], Bottleneck]:
-    """Hosts with their interfaces and addresses, and the bottleneck, without touching the kernel."""
-    hosts = {h.name: Host(h.name, h.role, ns_name(spec.name, h.name)) for h in spec.hosts}
-    used = {str(ipaddress.IPv4Interface(a).network) for link_ in spec.links
-            for a in (link_.a_addr, link_.b_addr) if a}
-    auto = (f"10.{i // 250}.{i % 250 + 1}.0/24" for i in range(1 << 14))
-    for idx, lk in enumerate(spec.links):
-        a_addr, b_addr = lk.a_addr, lk.b_addr
-        if a_addr is None:
-            net = next(n for n in auto if n not in used)
-            base = net.rsplit(".", 1)[0]
-            a_addr, b_addr = f"{base}.1/24", f"{base}.2/24"
-        assert b_addr is not None
-        hosts[lk.a].interfaces.append(Interface(f"e-{lk.b}", a_addr, lk.b, b_addr, idx))
-        hosts[lk.b].interfaces.append(Interface(f"e-{lk.a}", b_addr, lk.a, a_addr, idx))
-    bl, bn = spec.bottleneck_link, spec.bottleneck
-    router = hosts[bl.a]
-    extra = {}
-    for lk in spec.links:
-        if lk.delay_s > 0:
-            for end in (lk.a, lk.b):
-                if hosts[end].role != "router":
-                    extra[hosts[end].address] = lk.delay_s
-    mode = bn.delay_mode
+    """The topology with veths named `e-<peer>`; `auto` delay is netem where this kernel has it."""
+    mode = spec.bottleneck.delay_mode
     if mode == "auto":
         mode = "netem" if kernel.has_qdisc("netem") else "nfqueue"
-    bottleneck = Bottleneck(
-        router=router.name, egress=router.iface_to(bl.b).name,
-        ingress=[i.name for i in router.interfaces if i.peer != bl.b],
-        rate_bps=bn.rate_bps, forward_delay_s=bn.forward_s, reverse_delay_s=bn.reverse_s,
-        buffer_pkts=bn.buffer_pkts(), buffer_bytes=bn.buffer_bytes(), delay_mode=mode,
-        extra_delay_s=extra, buffer_in="packets" if _in_packets(bn.buffer) else "bytes")
-    return hosts, bottleneck
-
-
-def _in_packets(buffer: str | int) -> bool:
-    return isinstance(buffer, int) or buffer.strip().lower().endswith(("p", "pkts", "packets"))
-
-
-def routes(spec: Spec, hosts: dict[str, Host]) -> dict[str, list[tuple[str, str]]]:
-    """Per host, (subnet, next-hop address) for every subnet not directly attached (BFS)."""
-    adj: dict[str, list[Interface]] = {n: h.interfaces for n, h in hosts.items()}
-    out: dict[str, list[tuple[str, str]]] = {}
-    for name, host in hosts.items():
-        first_hop: dict[str, Interface] = {}
-        seen, todo = {name}, deque()
-        for iface in adj[name]:
-            if iface.peer not in seen:
-                seen.add(iface.peer)
-                first_hop[iface.peer] = iface
-                todo.append(iface.peer)
-        while todo:
-            node = todo.popleft()
-            for iface in adj[node]:
-                if iface.peer not in seen and hosts[node].role == "router":
-                    seen.add(iface.peer)
-                    first_hop[iface.peer] = first_hop[node]
-                    todo.append(iface.peer)
-        direct = {str(ipaddress.IPv4Interface(i.address).network) for i in host.interfaces}
-        rts: dict[str, str] = {}
-        for node, hop in first_hop.items():
-            for iface in hosts[node].interfaces:
-                net = str(ipaddress.IPv4Interface(iface.address).network)
-                if net not in direct and net not in rts:
-                    rts[net] = hop.peer_ip
-        out[name] = sorted(rts.items())
-    return out
+    return topology.plan(spec, lambda host, peer: f"e-{peer}", mode)
 
 
 def up(spec: Spec) -> NetnsTestbed:
@@ -146,7 +89,7 @@ def up(spec: Spec) -> NetnsTestbed:
     try:
         _build(tb, spec)
     except BaseException:
-        down(spec.name)
+        down(spec.name, tb)
         raise
     tb.status = "up"
     tb.save()
@@ -155,7 +98,7 @@ def up(spec: Spec) -> NetnsTestbed:
 
 def _build(tb: NetnsTestbed, spec: Spec) -> None:
     for h in spec.hosts:
-        ns = tb.hosts[h.name].netns
+        ns = tb.netns(h.name)
         _sh(["ip", "netns", "add", ns])
         _sh(["ip", "-n", ns, "link", "set", "lo", "up"])
         if h.tcp.cc not in kernel.available_ccs():
@@ -170,13 +113,13 @@ def _build(tb: NetnsTestbed, spec: Spec) -> None:
     for lk in spec.links:
         a, b = tb.hosts[lk.a], tb.hosts[lk.b]
         ia, ib = a.iface_to(lk.b), b.iface_to(lk.a)
-        _sh(["ip", "link", "add", ia.name, "netns", a.netns, "type", "veth",
-             "peer", "name", ib.name, "netns", b.netns])
+        _sh(["ip", "link", "add", ia.name, "netns", tb.netns(a.name), "type", "veth",
+             "peer", "name", ib.name, "netns", tb.netns(b.name)])
         for host, iface in ((a, ia), (b, ib)):
-            _sh(["ip", "-n", host.netns, "addr", "add", iface.address, "dev", iface.name])
-            _sh(["ip", "netns", "exec", host.netns, "ethtool", "-K", iface.name,
+            _sh(["ip", "-n", tb.netns(host.name), "addr", "add", iface.address, "dev", iface.name])
+            _sh(["ip", "netns", "exec", tb.netns(host.name), "ethtool", "-K", iface.name,
                  "tso", "off", "gso", "off", "gro", "off"])
-            _sh(["ip", "-n", host.netns, "link", "set", iface.name, "up"])
+            _sh(["ip", "-n", tb.netns(host.name), "link", "set", iface.name, "up"])
     _routes(tb, spec)
     link.install_shaper(tb)
     link.start_delay(tb)
@@ -185,15 +128,15 @@ def _build(tb: NetnsTestbed, spec: Spec) -> None:
 def _routes(tb: NetnsTestbed, spec: Spec) -> None:
     """Static routes, each carrying the host's congestion control (`congctl`), so every TCP
     connection gets the spec's CC without touching the namespace default."""
-    for name, rts in routes(spec, tb.hosts).items():
+    for name, rts in topology.routes(spec, tb.hosts).items():
         host = tb.hosts[name]
         cc = ["congctl", spec.host(name).tcp.cc]
         for iface in host.interfaces:
             net = str(ipaddress.IPv4Interface(iface.address).network)
-            _sh(["ip", "-n", host.netns, "route", "replace", net, "dev", iface.name, "proto", "kernel",
-                 "scope", "link", "src", iface.ip, *cc])
+            _sh(["ip", "-n", tb.netns(host.name), "route", "replace", net, "dev", iface.name,
+                 "proto", "kernel", "scope", "link", "src", iface.ip, *cc])
         for net, via in rts:
-            _sh(["ip", "-n", host.netns, "route", "add", net, "via", via, *cc])
+            _sh(["ip", "-n", tb.netns(host.name), "route", "add", net, "via", via, *cc])
 
 
 # ---------------------------------------------------------------- tearing down
@@ -205,8 +148,17 @@ def _namespaces(name: str) -> list[str]:
     return [line.split()[0] for line in out if line.startswith(prefix)]
 
 
-def down(name: str) -> list[str]:
-    """Remove everything of testbed `name`; idempotent. Returns what was removed.
+def leftover_names() -> set[str]:
+    """Testbeds whose namespaces are still there (with or without a state file)."""
+    out = _sh(["ip", "netns", "list"], check=False).stdout
+    names = {line.split()[0][len(NS_PREFIX):].rsplit("-", 1)[0]
+             for line in out.splitlines() if line.startswith(NS_PREFIX)}
+    return {n for n in names if is_testbed_name(n)}
+
+
+def down(name: str, tb: NetnsTestbed | None = None) -> list[str]:
+    """Remove everything of testbed `name`; idempotent. Returns what was removed. `tb`: the
+    testbed as its state file describes it, if that could be read (providers.down).
 
     Only what belongs to the testbed is touched: processes inside its namespaces, recorded
     processes whose pid and start time both still match, mounts inside its state folder.
@@ -229,8 +181,9 @@ def down(name: str) -> list[str]:
     for ns in namespaces:
         pids += [int(p) for p in _sh(["ip", "netns", "pids", ns], check=False).stdout.split()]
     _kill(pids, removed)
-    for item in cleanups:
-        _undo(item, home, removed)
+    # what lives in the namespaces (tc filters, ip rules) goes with them; the records that
+    # reach outside (struct_ops, mounts) are undone here
+    teardown.replay(tb, cleanups, home, removed, local_only=True)
     for ns in namespaces:
         _sh(["ip", "netns", "del", ns], check=False)
         removed.append(f"namespace {ns}")
@@ -275,15 +228,4 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _undo(item: dict[str, str], home: Path, removed: list[str]) -> None:
-    kind, value = item.get("kind"), str(item.get("value", ""))
-    if kind == "struct_ops":
-        if value != f"l4s_{home.name}"[:15]:  # the name workloads.l4s gives this testbed's CC
-            return
-        _sh(["bpftool", "struct_ops", "unregister", "name", value], check=False)
-        removed.append(f"struct_ops {value}")
-    elif kind == "mount":
-        # only the testbed's own mounts: a record naming any other path is ignored
-        if Path(value).resolve().parent == home.resolve() and os.path.ismount(value):
-            _sh(["umount", value], check=False)
-            removed.append(f"mount {value}")
+TESTBED = NetnsTestbed

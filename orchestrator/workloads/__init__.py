@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from orchestrator.scenario import FlowSpec, Scenario
-    from orchestrator.testbed import Testbed
+    from orchestrator.spec.scenario import FlowSpec, Scenario
+    from orchestrator.testbed.base import Testbed
 
 
 def run_flows(testbed: Testbed, scenario_or_flows: Scenario | list[FlowSpec], out_dir: str | Path,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from orchestrator.bottleneck.bpfobj import CLANG_FLAGS, VMLINUX_BTF, compile_cached, on_host
 from orchestrator.errors import UserError
-from orchestrator.testbed import Testbed
+from orchestrator.testbed.base import Testbed
 
 BPF_DIR = Path(__file__).parent / "bpf"
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 
-from orchestrator.testbed import Testbed
+from orchestrator.testbed.base import Testbed
 
 MARK_OWN_CC = 0x100
 TABLE = 4034

@@ -8,7 +8,7 @@ the filter frees it. Recorded as a 'tc-filter' cleanup '<host>:<iface>' for `tes
 
 from __future__ import annotations
 
-from orchestrator.testbed import Testbed
+from orchestrator.testbed.base import Testbed
 from orchestrator.workloads import bpfbuild
 
 MARK_ECT1 = 0x200  # rewrite this socket's ECT(0) packets to ECT(1) at egress

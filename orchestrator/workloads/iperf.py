@@ -13,7 +13,7 @@ import signal
 import time
 from typing import Any
 
-from orchestrator import units
+from orchestrator.spec import units
 from orchestrator.workloads import tcpinfo
 from orchestrator.workloads.runners import Runner
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from orchestrator.testbed import Testbed
+from orchestrator.testbed.base import Testbed
 from orchestrator.workloads import ccroute, ect1, l4s
 from orchestrator.workloads.plan import FlowPlan
 

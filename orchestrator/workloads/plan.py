@@ -7,10 +7,10 @@ import importlib.util
 import random
 from dataclasses import dataclass, field
 
-from orchestrator import units
 from orchestrator.errors import UserError
-from orchestrator.scenario import FlowSpec
-from orchestrator.testbed import Testbed
+from orchestrator.spec import units
+from orchestrator.spec.scenario import FlowSpec
+from orchestrator.testbed.base import Testbed
 from orchestrator.workloads import l4s
 
 TOOLS = {"tcp": "iperf3", "l4s": "tcp_sender", "udp": "udp_cbr", "scapy": "scapy_sender"}

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator import units
 from orchestrator.errors import UserError
-from orchestrator.testbed import Testbed
+from orchestrator.spec import units
+from orchestrator.testbed.base import Testbed
 from orchestrator.workloads import tcpinfo
 from orchestrator.workloads.ccroute import MARK_OWN_CC
 from orchestrator.workloads.ect1 import MARK_ECT1
@@ -234,11 +234,3 @@ class ScapyRunner(UdpRunner):
             r["ports"]["sport"] = None  # one source port per short flow
         r["pattern"] = self.plan.spec.pattern
         return r
-
-
-def runner_for(testbed: Testbed, plan: FlowPlan, logs: Path) -> Runner:
-    from orchestrator.workloads.iperf import IperfRunner
-
-    kinds: dict[str, type[Runner]] = {"tcp": IperfRunner, "l4s": TcpSenderRunner, "udp": UdpRunner,
-                                      "scapy": ScapyRunner}
-    return kinds[plan.spec.kind](testbed, plan, logs)

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UserError
-from orchestrator.scenario import FlowSpec, Scenario
-from orchestrator.testbed import Testbed
+from orchestrator.spec.scenario import FlowSpec, Scenario
+from orchestrator.testbed.base import Testbed
 from orchestrator.workloads import plan as planmod
+from orchestrator.workloads.iperf import IperfRunner
 from orchestrator.workloads.kernelstate import KernelState
-from orchestrator.workloads.runners import Runner, runner_for
+from orchestrator.workloads.runners import Runner, ScapyRunner, TcpSenderRunner, UdpRunner
 
 LEAD_S = 0.3  # from releasing the senders to the scenario's start
 GRACE_S = 3.0  # how long past its end a flow may take to drain before it is stopped
@@ -143,3 +144,9 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
+
+
+def runner_for(testbed: Testbed, plan: planmod.FlowPlan, logs: Path) -> Runner:
+    kinds: dict[str, type[Runner]] = {"tcp": IperfRunner, "l4s": TcpSenderRunner, "udp": UdpRunner,
+                                      "scapy": ScapyRunner}
+    return kinds[plan.spec.kind](testbed, plan, logs)

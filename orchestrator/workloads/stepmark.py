@@ -7,7 +7,7 @@ It shares the router with the baseline shaper (HTB + FIFO) only; a real datapath
 
 from __future__ import annotations
 
-from orchestrator.testbed import Testbed
+from orchestrator.testbed.base import Testbed
 from orchestrator.workloads import bpfbuild
 
 PREF = 4035

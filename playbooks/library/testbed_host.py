@@ -1,7 +1,7 @@
 #!/usr/bin/python
 """Ansible module: set a testbed host up, or tear it down, in one call.
 
-The commands come from the `tb` host variable (orchestrator/hostvars.py); this module adds
+The commands come from the `tb` host variable (orchestrator/providers/ssh/hostvars.py); this module adds
 what only the host knows (was the address already there? what was the sysctl before?) and
 records it under tb.dir, so that teardown restores exactly that:
   added/addr-<dev>     an address we added      added/down-<dev>   a link we set up

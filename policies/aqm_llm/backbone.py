@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from orchestrator.errors import UserError
+from policies.errors import PolicyError as UserError
 
 SMOLLM2, TINY = "smollm2", "tiny"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -20,8 +20,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import UserError
 from policies.aqm_llm.features import NormStats
+from policies.errors import PolicyError as UserError
 
 if TYPE_CHECKING:  # torch is imported on use, so the student policy loads without it
     from policies.aqm_llm.model import AqmLlm

@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from orchestrator import telemetry
-from orchestrator.errors import UserError
+from policies import telemetry
 from policies.aqm_llm import features as F
 from policies.aqm_llm.reward import DEFAULT, RewardWeights, reward_columns
 from policies.base import CLASSES, HISTORY_LEN, ClassState, QueueState
+from policies.errors import PolicyError as UserError
 
 CONTROL_DIR = Path("telemetry") / "control"
 ACTION_COLS = [f"{c}_{k}" for c in CLASSES for k in ("p_drop", "p_mark")]

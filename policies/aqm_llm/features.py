@@ -10,7 +10,7 @@ network values it never saw (the paper's code fed raw values up to 1e10).
 Time series: the last HISTORY_LEN values of each class's sojourn (log1p ms) and arrival rate
 (fraction of the current link rate), oldest first, left-padded with zeros at the start of a
 run, with a mask that says which entries are real. The history convention is the control
-loop's (orchestrator/control.py): the current interval is the last entry.
+loop's (orchestrator/bottleneck/control.py): the current interval is the last entry.
 """
 
 from __future__ import annotations

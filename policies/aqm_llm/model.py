@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as nnf
 from torch import nn
 
-from orchestrator.errors import UserError
 from policies.aqm_llm import backbone as bb
 from policies.aqm_llm.encoder import N_STATE_TOKENS, StateEncoder
 from policies.aqm_llm.features import Features
 from policies.aqm_llm.head import ActionEmbedding, L4SHead, ReturnEmbedding
+from policies.errors import PolicyError as UserError
 
 TOKENS_PER_STEP = 1 + N_STATE_TOKENS + 1
 PREDICT_AT = N_STATE_TOKENS  # offset of a step's last state token (the return token is 0)

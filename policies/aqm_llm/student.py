@@ -18,12 +18,12 @@ from typing import ClassVar
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from orchestrator.errors import UserError
 from policies.aqm_llm.checkpoint import refuse_pickles
 from policies.aqm_llm.features import CLIP, N_SCALARS, N_SERIES, Features, NormStats, state_vector
 from policies.aqm_llm.head import N_ACTIONS
 from policies.aqm_llm.policy import to_decision
 from policies.base import CLASSES, HISTORY_LEN, Decision, ParamError, Params, Policy, QueueConfig, QueueState
+from policies.errors import PolicyError as UserError
 
 
 def student_inputs(f: Features) -> np.ndarray:

@@ -27,12 +27,12 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
-from orchestrator.errors import UserError
 from policies.aqm_llm import checkpoint as ckpt
 from policies.aqm_llm.dataset import Episodes, as_frame, exclude_scenarios, prepare
 from policies.aqm_llm.features import NormStats
 from policies.aqm_llm.model import AqmLlm, ModelConfig, soft_cross_entropy
 from policies.aqm_llm.reward import DEFAULT as REWARD
+from policies.errors import PolicyError as UserError
 
 KEEP_CHECKPOINTS = 2
 

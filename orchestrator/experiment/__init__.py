@@ -1,0 +1,1 @@
+"""Experiment drivers: one run, and the resumable series of runs (sweep, collect, regress)."""

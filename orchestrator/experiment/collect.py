@@ -1,0 +1,251 @@
+"""Collect an experience pool, and evaluate policies on held-out scenarios, in the live testbed.
+
+A matrix file (scenarios/collect.yaml) names link settings, flow mixes and behaviour policies.
+`plan` draws scenarios from their cross product and sets some aside as held out; `collect` runs
+the others, each with one behaviour policy wrapped in exploration noise, and pools their
+control-loop rows; `evaluate` runs chosen policies closed loop on the held-out scenarios.
+Everything is recorded in <out>/collect.json, so both can be resumed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.bottleneck import DEFAULT_DATAPATH
+from orchestrator.errors import SpecError, UserError
+from orchestrator.experiment import results
+from orchestrator.experiment.points import LINK_KEYS, PointFile, is_complete, run_point
+from orchestrator.experiment.run import Run, RunConfig
+from orchestrator.spec import units
+from orchestrator.spec.load import load_model
+from orchestrator.spec.scenario import FlowSpec, Scenario
+from orchestrator.testbed.base import Testbed
+
+
+class Mix(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    l4s: int = Field(0, ge=0, le=64)
+    classic: int = Field(0, ge=0, le=64)
+    cc: str = "cubic"  # classic flows' congestion control
+    udp: int = Field(0, ge=0, le=8)  # unresponsive Not-ECT UDP flows
+    udp_share: float = Field(0.3, gt=0, le=2.0)  # their total rate, as a share of the link
+
+
+class Dynamic(BaseModel):
+    """How the link changes in a scenario: a schedule relative to the point's own rate and RTT
+    (factors at times), a trace (relative to the matrix file), random loss; or nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    rate_factors: list[tuple[str, float]] | None = None  # [(time, factor of the point's rate)]
+    rtt_factors: list[tuple[str, float]] | None = None
+    trace: str | None = None
+    loss: str | float | dict[str, Any] | None = None
+
+    def link(self, rate: str, rtt: str) -> dict[str, Any]:
+        """The link mapping (spec/dynamic.py) for a point's rate and RTT."""
+        out: dict[str, Any] = {}
+        if self.rate_factors:
+            bps = units.rate_bps(rate)
+            out["rate"] = [{"at": t, "rate": f"{bps * f:.0f}bit"} for t, f in self.rate_factors]
+        if self.rtt_factors:
+            ms = units.seconds(rtt) * 1e3
+            out["rtt"] = [{"at": t, "rtt": f"{ms * f:.3f}ms"} for t, f in self.rtt_factors]
+        if self.trace:
+            out["trace"] = self.trace
+        if self.loss is not None:
+            out["loss"] = self.loss
+        return out
+
+
+class Matrix(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    duration: str = "15s"
+    seed: int = 1
+    datapath: str = DEFAULT_DATAPATH
+    behaviours: list[str] = ["dualpi2", "pie", "pi2", "red", "codel"]
+    exploration: dict[str, float] = {"epsilon": 0.2, "spread": 4.0, "hold": 4}
+    rate: list[str] = ["10mbit", "50mbit", "100mbit"]
+    rtt: list[str] = ["5ms", "20ms", "50ms", "100ms"]
+    buffer: list[str | int] = ["1.5bdp", "4bdp"]
+    mixes: list[Mix]
+    dynamics: list[Dynamic] = [Dynamic(name="static")]  # links that change during the run
+    sample: int = Field(16, ge=0)  # scenarios drawn from the cross product (0: all)
+    held_out: int = Field(3, ge=0)  # of those, kept out of the pool for evaluation
+
+
+def load_matrix(path: str | Path) -> Matrix:
+    matrix = load_model(path, Matrix, what="a matrix (a mapping)")
+    for i, rate in enumerate(matrix.rate):
+        _check(path, f"rate[{i}]", units.rate_bps, rate)
+    for i, rtt in enumerate(matrix.rtt):
+        _check(path, f"rtt[{i}]", units.seconds, rtt)
+    from orchestrator.spec.dynamic import check_mapping, with_absolute_trace
+
+    for i, dyn in enumerate(matrix.dynamics):
+        if dyn.trace:
+            matrix.dynamics[i] = dyn = dyn.model_copy(update={
+                "trace": with_absolute_trace({"trace": dyn.trace}, Path(path).parent)["trace"]})
+        check_mapping(dyn.link(matrix.rate[0], matrix.rtt[0]), "/", str(path), f"dynamics[{i}].")
+    if matrix.held_out >= max(matrix.sample, 1) and matrix.sample:
+        raise SpecError(str(path), "held_out", "expected fewer held-out scenarios than 'sample'")
+    return matrix
+
+
+def _check(path: str | Path, key: str, parse: Callable[[Any], float], value: Any) -> None:
+    try:
+        if parse(value) <= 0:
+            raise ValueError(f"expected a positive value, got {value!r}")
+    except ValueError as e:
+        raise SpecError(str(path), key, str(e)) from None
+
+
+def plan(matrix: Matrix) -> list[dict[str, Any]]:
+    """Scenario points: name, link settings, mix, behaviour, and whether it is held out."""
+    rng = random.Random(matrix.seed)
+    from orchestrator.spec.dynamic import parse
+
+    grid = list(itertools.product(matrix.rate, matrix.rtt, matrix.buffer, matrix.mixes, matrix.dynamics))
+    if matrix.sample:
+        grid = rng.sample(grid, min(matrix.sample, len(grid)))
+    held = set(rng.sample(range(len(grid)), min(matrix.held_out, len(grid))))
+    out = []
+    for i, (rate, rtt, buffer, mix, dyn) in enumerate(grid):
+        link_map = dyn.link(rate, rtt)
+        dynamics = parse(link_map) if link_map else None
+        if dynamics is not None and dynamics.varies_rate:  # the static parts use its nominal rate
+            rate = units.fmt_rate(dynamics.nominal_rate_bps())
+        suffix = "" if dynamics is None else f"-{dyn.name}"
+        out.append({"name": f"{rate}-{rtt}-{buffer}-{mix.name}{suffix}", "rate": rate, "rtt": rtt,
+                    "buffer": buffer, "mix": mix.model_dump(), "held_out": i in held,
+                    "behaviour": matrix.behaviours[i % len(matrix.behaviours)], "seed": matrix.seed + i,
+                    "link_dynamics": dynamics.to_json() if dynamics is not None else None, "run": None})
+    return out
+
+
+def flows_for(point: dict[str, Any], tb: Testbed) -> list[FlowSpec]:
+    """The mix's flows, spread over the testbed's senders and receivers."""
+    mix = Mix.model_validate(point["mix"])
+    senders = [h.name for h in tb.hosts.values() if h.role == "sender"]
+    receivers = [h.name for h in tb.hosts.values() if h.role == "receiver"]
+    flows: list[FlowSpec] = []
+    kinds = ([("l4s", {})] * mix.l4s + [("tcp", {"cc": mix.cc})] * mix.classic)
+    udp_rate = units.rate_bps(point["rate"]) * mix.udp_share / max(mix.udp, 1)
+    kinds += [("udp", {"rate": f"{udp_rate / 1e3:.0f}kbit", "ecn": "not-ect"})] * mix.udp
+    for i, (kind, extra) in enumerate(kinds):
+        flows.append(FlowSpec(name=f"{kind}{i}", kind=kind, src=senders[i % len(senders)],
+                              dst=receivers[i % len(receivers)], start=f"{0.1 * i:.1f}s", **extra))
+    return flows
+
+
+def scenario_of(point: dict[str, Any], tb: Testbed, duration: str) -> Scenario:
+    return Scenario(name=point["name"], duration=duration, flows=flows_for(point, tb))
+
+
+def _state(out: Path) -> dict[str, Any]:
+    return results.read_json(out / "collect.json")
+
+
+def _save(out: Path, state: dict[str, Any]) -> None:
+    results.write_json(out / "collect.json", state)
+
+
+def start(matrix_path: str | Path, out: Path) -> dict[str, Any]:
+    """Create (or reopen, to resume) a collection directory."""
+    if (out / "collect.json").exists():
+        return _state(out)
+    matrix = load_matrix(matrix_path)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {"matrix": matrix.model_dump(), "points": plan(matrix), "evaluations": []}
+    _save(out, state)
+    return state
+
+
+def _no_override(point: dict[str, Any]) -> dict[str, Any]:
+    """The point's dynamics; an empty mapping (not None) for a static point, so the run does
+    not pick up the testbed file's own schedule: the matrix says what every point's link is."""
+    return point.get("link_dynamics") or {}
+
+
+def collect(tb: Testbed, out: Path, progress: Callable[[str, float], None] | None = None) -> Path:
+    """Run every training scenario not yet run; write <out>/pool.parquet."""
+    from policies.aqm_llm.dataset import build_pool
+
+    points = PointFile(out / "collect.json")
+    state = points.read()
+    matrix = Matrix.model_validate(state["matrix"])
+    for i, point in enumerate(state["points"]):
+        if point["held_out"] or is_complete(point):
+            continue
+        config = RunConfig(policy=point["behaviour"], datapath=matrix.datapath, seed=point["seed"],
+                           results_root=out / "runs", explore=matrix.exploration,
+                           label={"scenario": point["name"]}, link_dynamics=_no_override(point))
+        run_point(points, i, Run(tb, scenario_of(point, tb, matrix.duration), config), _link(point),
+                  progress)
+    runs = [out / "runs" / p["run"] for p in points.points() if is_complete(p) and not p["held_out"]]
+    if not runs:
+        raise UserError("no training runs: every scenario is held out")
+    return build_pool(runs, out / "pool.parquet")
+
+
+def evaluate(tb: Testbed, out: Path, policies: list[tuple[str, dict[str, Any]]], repeat: int,
+             progress: Callable[[str, float], None] | None = None) -> list[dict[str, Any]]:
+    """Run each policy on each held-out scenario `repeat` times; return one row per run."""
+    evaluations = PointFile(out / "collect.json", key="evaluations")
+    state = evaluations.read()
+    matrix = Matrix.model_validate(state["matrix"])
+    done = {(e["scenario"], e["policy"], e["repeat"]) for e in state["evaluations"] if is_complete(e)}
+    for point in (p for p in state["points"] if p["held_out"]):
+        for (name, args), rep in itertools.product(policies, range(repeat)):
+            if (point["name"], name, rep) in done:
+                continue
+            config = RunConfig(policy=name, policy_args=args, datapath=matrix.datapath,
+                               seed=1000 + rep, results_root=out / "eval",
+                               label={"scenario": point["name"], "repeat": rep},
+                               link_dynamics=_no_override(point))
+            run = Run(tb, scenario_of(point, tb, matrix.duration), config)
+            index = evaluations.append({"scenario": point["name"], "policy": name, "repeat": rep,
+                                        "run": None, "status": "pending"})
+            run_point(evaluations, index, run, _link(point), progress)
+            done.add((point["name"], name, rep))
+    return [e for e in evaluations.points()
+            if is_complete(e) and any(e["policy"] == n for n, _ in policies)]
+
+
+def _link(point: dict[str, Any]) -> dict[str, Any]:
+    """A scenario point's link settings (every point of a matrix sets all three)."""
+    return {k: point[k] for k in LINK_KEYS}
+
+
+def table(out: Path, rows: list[dict[str, Any]]) -> Any:
+    """Per policy: mean and spread (std over runs) of the columns the evaluation reports."""
+    import pandas as pd
+
+    records = []
+    for row in rows:
+        path = out / "eval" / row["run"] / "summary.json"
+        if not path.exists():
+            continue
+        s = results.read_json(path)
+        qd = s.get("queue_delay_ms") or {}
+        lq, cq = qd.get("l4s") or {}, qd.get("classic") or {}
+        records.append({"policy": row["policy"], "scenario": row["scenario"],
+                        "l4s_p50": lq.get("p50"), "l4s_p99": lq.get("p99"),
+                        "c_p50": cq.get("p50"), "c_p99": cq.get("p99"),
+                        "utilization": s.get("utilization"), "jain": s.get("jain_index"),
+                        "missed": s.get("missed_deadlines") or 0})
+    frame = pd.DataFrame.from_records(records)
+    if frame.empty:
+        return frame
+    cols = ["l4s_p50", "l4s_p99", "c_p50", "c_p99", "utilization", "jain", "missed"]
+    frame[cols] = frame[cols].astype(float)
+    agg = frame.groupby("policy")[cols].agg(["mean", "std"])
+    agg["runs"] = frame.groupby("policy").size()
+    return agg

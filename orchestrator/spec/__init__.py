@@ -1,0 +1,1 @@
+"""Testbed files: their schemas, the scenario, units and names, and one YAML loading path."""
