@@ -88,3 +88,21 @@ def test_sweep_over_links(tmp_path) -> None:
                     "sweep: {link: [{rate: 5mbit}, {rate: [{at: 0s, rate: 0mbit}]}]}\n")
     with pytest.raises(SpecError, match=r"sweep\.link\[1\]\.rate\[0\]\.rate: expected a positive rate"):
         load_scenario(str(path), _Tb())
+
+
+def test_a_testbed_files_own_trace_is_named_by_its_key(tmp_path) -> None:
+    """A run-time refusal of the testbed file's own link names the file and its key path."""
+    from orchestrator.errors import SpecError
+
+    (tmp_path / "fast.trace").write_text("1\n" * 101)  # 1212 Mbit/s
+    text = (ROOT / "testbeds/mininet-like.yaml").read_text().replace("rate: 50mbit", "trace: fast.trace")
+    (tmp_path / "tb.yaml").write_text(text)
+    tb = _Tb()
+    tb.spec_obj = specmod.load(tmp_path / "tb.yaml")
+    tb.spec_data = tb.spec_obj.model_dump(mode="json")
+    dyn_json, static = dynamic_run.for_run(tb, tb.spec_obj.scenario)
+    assert static == {}  # no override: the testbed's own link, already in force
+    with pytest.raises(SpecError) as e:
+        dynamic_run.check(dynamic_run.LinkDynamics.from_json(dyn_json), "nfqueue", 20)
+    where = f"{tmp_path / 'tb.yaml'}: links[2].bottleneck.trace: "
+    assert str(e.value).startswith(where + "the trace's average rate")

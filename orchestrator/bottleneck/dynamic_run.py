@@ -238,9 +238,11 @@ def for_run(tb: Testbed, scenario: Any) -> tuple[dict[str, Any] | None, dict[str
     from orchestrator.spec.dynamic import nominal, parse
 
     spec_bn: dict[str, Any] = {}
-    for lk in (tb.spec_data or {}).get("links") or []:
+    spec_prefix = "bottleneck."
+    for i, lk in enumerate((tb.spec_data or {}).get("links") or []):
         if isinstance(lk, dict) and lk.get("bottleneck"):
             spec_bn = {k: v for k, v in lk["bottleneck"].items() if v is not None}
+            spec_prefix = f"links[{i}].bottleneck."  # as the testbed file names it
     override = dict(getattr(scenario, "link", None) or {})
     merged = {k: spec_bn[k] for k in ("rate", "rtt", "trace", "loss") if k in spec_bn}
     if "rate" in override or "trace" in override:  # the scenario's capacity replaces the testbed's
@@ -249,7 +251,7 @@ def for_run(tb: Testbed, scenario: Any) -> tuple[dict[str, Any] | None, dict[str
     merged.update({k: v for k, v in override.items() if k != "buffer"})
     own = getattr(scenario, "_source", "") if override else ""
     source = str(own or (tb.spec_data or {}).get("source") or "")
-    dyn = parse(merged, "/", source=source, prefix="link." if override else "bottleneck.")
+    dyn = parse(merged, "/", source=source, prefix="link." if override else spec_prefix)
     static: dict[str, Any] = {}
     if override:
         rate, rtt = nominal({k: v for k, v in override.items() if k in ("rate", "rtt", "trace")})
