@@ -137,7 +137,10 @@ def run(config: dict[str, Any]) -> None:
     for nfq in queues:
         nfq.unbind()
     if config.get("applied_path"):
+        import os
+
         offset = time.time() - time.monotonic()
+        os.makedirs(os.path.dirname(config["applied_path"]), exist_ok=True)  # fetched already?
         with open(config["applied_path"], "w") as f:
             json.dump([{"due": d + offset, "applied": a + offset, "base_s": b}
                        for d, a, b in line.applied], f)

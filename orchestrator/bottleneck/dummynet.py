@@ -105,6 +105,6 @@ class DummynetDatapath(Datapath):
 
     def stop(self) -> dict[str, Any]:
         timer, self.timer = self.timer, None
-        schedule = dynamic_run.finish_timer(self, timer, self.run_dir)
+        schedule = dynamic_run.finish_timer(self, timer, self.run_dir, remove_remote=True)
         self._snapshot("stop")
         return {"datapath": self.name, "per_packet": False, **schedule}

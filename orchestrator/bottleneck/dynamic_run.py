@@ -30,10 +30,12 @@ from orchestrator.errors import SpecError, UserError
 from orchestrator.spec.dynamic import T0_FILE, DynamicsError, LinkDynamics, read_t0
 from orchestrator.testbed.base import Testbed
 
+REPO = Path(__file__).resolve().parents[2]
 EXTRA_KEY = "link_dynamics"
 DELAY_KEY = "delay_schedule"
 TIMER_TAG = "htb-schedule"
 DEFAULT_DURATION_S = 600.0
+REMOTE_T0_LEAD_S = 1.5
 
 
 def of(tb: Testbed) -> LinkDynamics | None:
@@ -45,6 +47,14 @@ def of(tb: Testbed) -> LinkDynamics | None:
 def t0_path(tb: Testbed, run_dir: str | Path) -> str:
     """Where the run writes the scenario's start on the router (one file per run)."""
     return f"{tb.workdir(tb.bottleneck.router, Path(run_dir) / 'telemetry')}/{T0_FILE}"
+
+
+def t0_lead(tb: Testbed, dyn: LinkDynamics | None) -> float:
+    """How much earlier the run must fix t0 so the router has it in time: a copy over SSH
+    takes a few hundred ms; on this machine the file is there at once."""
+    if dyn is None or not dyn.dynamic or tb.shares_files(tb.bottleneck.router):
+        return 0.0
+    return REMOTE_T0_LEAD_S
 
 
 def begin(tb: Testbed, run_dir: str | Path, t0_epoch: float) -> None:
@@ -65,11 +75,14 @@ def start_timer(datapath: Any, run_dir: Path, classes: list[dict[str, Any]]) -> 
     return timer
 
 
-def finish_timer(datapath: Any, timer: HtbTimer | None, run_dir: Path | None) -> dict[str, Any]:
-    """Stop the timer and write telemetry/capacity.json; the counters say how late it was."""
+def finish_timer(datapath: Any, timer: HtbTimer | None, run_dir: Path | None,
+                 remove_remote: bool = False) -> dict[str, Any]:
+    """Stop the timer and write telemetry/capacity.json; the counters say how late it was.
+    remove_remote: also remove the timer's folder on a remote router (a datapath that fetches
+    its own telemetry folder afterwards, as ebpf does, leaves that to its fetch)."""
     if timer is None or run_dir is None:
         return {}
-    out = timer.stop()
+    out = timer.stop(remove_remote)
     dyn = of(datapath.testbed)
     if dyn is not None:
         out["schedule"] = write_capacity(Path(run_dir), dyn, datapath.name, timer.name)
@@ -103,21 +116,26 @@ class HtbTimer:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as f:
             argv = [tb.python(router), "-m", "orchestrator.bottleneck.htb_schedule", path]
-            self.proc = tb.popen(router, argv, tag=TIMER_TAG, stdout=f, stderr=subprocess.STDOUT)
+            # from the project (its place on the router, for ssh), so `-m` finds this checkout
+            self.proc = tb.popen(router, argv, tag=TIMER_TAG, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
         deadline = time.monotonic() + 30
         while b"htb-schedule ready" not in log.read_bytes():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise UserError(f"the schedule timer did not start: {log.read_text()[-800:]}")
             time.sleep(0.02)
 
-    def stop(self) -> dict[str, Any]:
-        """Stop the timer; its record is in telemetry/<name>.jsonl once the datapath fetched."""
+    def stop(self, remove_remote: bool = False) -> dict[str, Any]:
+        """Stop the timer and bring its record home into telemetry/<name>.jsonl (nothing to
+        copy where the router shares this filesystem)."""
         if self.proc is None:
             return {}
         rc = self.tb.stop(self.proc)
         self.proc = None
-        # bring the record home (a no-op where the router shares this filesystem)
-        self.tb.collect(self.tb.bottleneck.router, self.remote, self.run_dir / "telemetry")
+        router, local = self.tb.bottleneck.router, self.run_dir / "telemetry"
+        if remove_remote:
+            self.tb.fetch(router, self.remote, local)
+        else:
+            self.tb.collect(router, self.remote, local)
         return {"schedule_timer_exit_code": rc}
 
 
@@ -223,13 +241,16 @@ def applied(tb: Testbed, dyn: LinkDynamics | None, run_dir: Path, duration_s: fl
         yield
     finally:
         if delay_timer is not None:
-            delay_timer.stop()
+            delay_timer.stop(remove_remote=True)
         tb.extra.pop(EXTRA_KEY, None)
         tb.extra.pop(DELAY_KEY, None)
         tb.save()
         if restarted:  # back to the testbed's static delay line
             link.stop_delay(tb)
             link.start_delay(tb)
+            # the schedule's delay line wrote its record (delay-changes.json) as it stopped
+            remote = tb.workdir(bn.router, Path(run_dir) / "telemetry")
+            tb.fetch(bn.router, remote, Path(run_dir) / "telemetry")
 
 
 def for_run(tb: Testbed, scenario: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:

@@ -109,7 +109,7 @@ class KernelDatapath(Datapath):
 
     def stop(self) -> dict[str, Any]:
         timer, self.timer = self.timer, None
-        schedule = dynamic_run.finish_timer(self, timer, self.run_dir)
+        schedule = dynamic_run.finish_timer(self, timer, self.run_dir, remove_remote=True)
         self.stop_poll.set()
         if self.poller is not None:
             self.poller.join(5)

@@ -131,7 +131,8 @@ class Run:
                                             self.scenario.duration_s,
                                             on_progress=lambda done, total: progress("traffic",
                                                                                      total - done),
-                                            on_t0=lambda t0: dynamic_run.begin(self.tb, run_dir, t0))
+                                            on_t0=lambda t0: dynamic_run.begin(self.tb, run_dir, t0),
+                                            t0_lead_s=dynamic_run.t0_lead(self.tb, self.dynamics))
                 finally:
                     progress("stopping", -1)
                     counters = self.datapath.stop() or {}
