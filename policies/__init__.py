@@ -94,7 +94,10 @@ def describe() -> list[dict[str, Any]]:
             "params": [{"name": n, "default": d, "help": h} for n, d, h in cls.Params.describe()],
             "datapaths": list(cls.datapaths),
             "per_packet": cls.per_packet,
+            "datapath_notes": dict(cls.datapath_notes),
         })
+        if hasattr(cls, "effective_gains"):  # what runs with the defaults
+            out[-1]["effective_gains"] = cls().effective_gains()
     return out
 
 

@@ -88,6 +88,15 @@ class ClassDecision:
     p_mark: float = 0.0
     # L4S native AQM: CE-mark every packet whose sojourn exceeds this (ms); None disables
     step_threshold_ms: float | None = None
+    # the step in packets instead (Linux sch_dualpi2 `step_thresh Np`): CE-mark a packet that
+    # leaves while more than this many packets remain in its queue; None: the step is in time
+    step_threshold_pkts: int | None = None
+    # the step applies only to packets that found at least this many packets in their queue
+    # on arrival (sch_dualpi2 min_qlen_step; 0: always)
+    min_qlen_step: int = 0
+    # toss the drop/mark coin when the packet leaves, with the probability then in force and
+    # the backlog it leaves behind (sch_dualpi2 drop_dequeue, its default), not on arrival
+    coin_at_dequeue: bool = False
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.p_drop <= 1.0 and 0.0 <= self.p_mark <= 1.0):
@@ -99,7 +108,8 @@ class ClassDecision:
     def p_enqueue(self) -> float:
         return max(0.0, 1.0 - self.p_drop - self.p_mark)
 
-    def action(self, u: float, sojourn_ms: float = 0.0, ecn_capable: bool = True) -> Action:
+    def action(self, u: float, sojourn_ms: float = 0.0, ecn_capable: bool = True,
+               qlen_after: int = 0) -> Action:
         """The reference per-packet reading of this decision; `u` is a uniform draw in [0, 1).
 
         The coin's drop comes first, then the step (every packet whose sojourn exceeds the
@@ -109,7 +119,10 @@ class ClassDecision:
         """
         if u < self.p_drop:
             return Action.DROP
-        stepped = self.step_threshold_ms is not None and sojourn_ms > self.step_threshold_ms
+        if self.step_threshold_pkts is not None:  # `qlen_after`: packets left in the queue
+            stepped = qlen_after > self.step_threshold_pkts
+        else:
+            stepped = self.step_threshold_ms is not None and sojourn_ms > self.step_threshold_ms
         if stepped or u < self.p_drop + self.p_mark:
             return Action.MARK if ecn_capable else Action.DROP
         return Action.ENQUEUE
@@ -198,6 +211,8 @@ class Policy:
     # datapaths that can run this policy; `per_packet` policies need a per-packet hook
     datapaths: ClassVar[tuple[str, ...]] = ("nfqueue", "ebpf", "kernel")
     per_packet: ClassVar[bool] = False
+    # per datapath, where it cannot do what the policy's reference does (`testbed policies`)
+    datapath_notes: ClassVar[dict[str, str]] = {}
 
     def __init__(self, params: Params | None = None) -> None:
         self.params = params if params is not None else self.Params()

@@ -23,9 +23,16 @@ with drop_overload the C queue drops even ECT packets with p_C, and the L queue 
 and CE-marks the rest. Without it, p' is capped at 1/k so neither queue ever drops on the
 coupled probability and the queue overflows instead (tail drop at `limit`).
 
-Left to the datapath, as a decision cannot say them: Linux neither marks nor drops on p' while
-the total backlog is below 2 MTU, tosses the PI coin at dequeue (drop_dequeue), and drops a
-Not-ECT packet that the step catches in the L queue (do_step_aqm()).
+Arithmetic (`arithmetic`): 'kernel' (the default) runs p' as sch_dualpi2 does, a u32 updated in
+integers with the gains as the kernel holds them (policies/dualpi2_kernel.py: tc's 1/256 Hz
+units, the kernel's rescaling per 64 ns, truncations, the coin's (p+1)/2^32); 'float' runs the
+equations above in doubles with the nominal gains. `effective_gains()` says what runs.
+
+The decision also carries what sch_dualpi2 does per packet, for the datapath to apply: the coin
+at dequeue (drop_early false, Linux's default), the step in time or in packets, min_qlen_step.
+Linux neither marks nor drops on p' while the total backlog is below 2 MTU (the datapath's
+min_backlog), and drops a Not-ECT packet that the step catches in the L queue (do_step_aqm()).
+Every behaviour, and which datapath matches it: policies/DUALPI2.md.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from policies import dualpi2_kernel as kern
 from policies.base import (
     ClassDecision,
     Decision,
@@ -114,11 +122,38 @@ class DualPi2Params(Params):
         "help": "on overload drop in both queues (true) or cap p' and let the queue overflow"})
     qdelay: str = field(default="max", metadata={
         "help": "PI input: 'max' of the L and C head delays (Linux) or 'classic' (RFC 9332 App. A.1)"})
+    arithmetic: str = field(default="kernel", metadata={
+        "help": "'kernel': sch_dualpi2's integers (gains as tc/the kernel truncate them); 'float'"})
+    step_thresh_pkts: int | None = field(default=None, metadata={
+        "help": "step in packets (tc step_thresh Np): mark when more remain in L (overrides ms)"})
+    min_qlen_step: int = field(default=0, metadata={
+        "help": "step only packets that found at least this many packets in L (tc min_qlen_step)"})
+    drop_early: bool = field(default=False, metadata={
+        "help": "toss the coin at enqueue (tc drop_enqueue); false: at dequeue, as Linux"})
 
     def __post_init__(self) -> None:
+        # What tc would send the kernel for alpha and beta, in 1/256 Hz (dualpi2_kernel.py):
+        # the nominal 0.16 and 3.2 stand for the kernel's own defaults (41 and 819, what runs
+        # when tc is given no alpha/beta); any other value goes through tc's float conversion.
+        to256 = kern.tc_alpha_beta
         if self.typical_rtt_ms is not None or self.max_rtt_ms is not None:
             self.target_ms, self.tupdate_ms, self.alpha, self.beta = rtt_derived(
                 self.typical_rtt_ms, self.max_rtt_ms)
+            to256 = kern.tc_rtt_alpha_beta
+        self.alpha256 = kern.KERNEL_DEFAULT_A256 if self.alpha == 0.16 else to256(self.alpha)
+        self.beta256 = kern.KERNEL_DEFAULT_B256 if self.beta == 3.2 else to256(self.beta)
+        require(self.arithmetic in ("kernel", "float"), "arithmetic", "'kernel' or 'float'",
+                self.arithmetic)
+        if self.arithmetic == "kernel":
+            for key in ("alpha", "beta"):  # the kernel's netlink policy: 1 .. ALPHA_BETA_MAX
+                v = getattr(self, key + "256")
+                require(1 <= v <= ALPHA_BETA_MAX, key, f"a gain tc sends as 1..{ALPHA_BETA_MAX} "
+                        "in 1/256 Hz (>= 0.00390625)", getattr(self, key))
+            require(float(self.coupling_factor).is_integer() and 1 <= self.coupling_factor <= 255,
+                    "coupling_factor", "an integer 1..255 (a u8 in sch_dualpi2)", self.coupling_factor)
+        require(self.step_thresh_pkts is None or self.step_thresh_pkts >= 0, "step_thresh_pkts",
+                "a packet count >= 0", self.step_thresh_pkts)
+        require(self.min_qlen_step >= 0, "min_qlen_step", "a packet count >= 0", self.min_qlen_step)
         require(self.limit > 0, "limit", "a positive packet count", self.limit)
         for key in ("target_ms", "tupdate_ms", "coupling_factor"):
             require(getattr(self, key) > 0, key, "> 0", getattr(self, key))
@@ -134,11 +169,39 @@ class DualPi2(Policy):
     name = "dualpi2"
     Params = DualPi2Params
     params: DualPi2Params
+    # Where a datapath cannot do what sch_dualpi2 does (policies/DUALPI2.md); printed by
+    # `testbed policies`
+    datapath_notes = {
+        "ebpf": "coin tossed at enqueue whatever drop_early says (tc BPF runs before the qdisc); "
+                "step on the delay predicted from the L backlog at enqueue, in time only "
+                "(step_thresh_pkts, min_qlen_step refused); L/C share by HTB classes, not the "
+                "WRR credit (policies/DUALPI2.md)",
+        "nfqueue": "all of policies/DUALPI2.md but WRR credit for a packet dropped at dequeue "
+                   "(counted here, not in Linux) and GSO (none: offloads are off)",
+    }
 
     def __init__(self, params: DualPi2Params | None = None) -> None:
         super().__init__(params)
-        self.prob = 0.0  # p'
-        self.qdelay_old = 0.0  # seconds
+        prm = self.params
+        self.prob = 0.0  # p' in [0, 1]
+        self.qdelay_old = 0.0  # seconds (float arithmetic)
+        # kernel arithmetic: p' as a u32, delays in ns, gains as sch_dualpi2 holds them
+        self.prob_u32 = 0
+        self.last_qdelay_ns = 0
+        self.alpha_int = kern.scale_alpha_beta(prm.alpha256)
+        self.beta_int = kern.scale_alpha_beta(prm.beta256)
+        self.target_ns = int(round(prm.target_ms * 1000)) * 1000  # tc sends whole us
+
+    def effective_gains(self) -> dict[str, float | int | str]:
+        """The gains that run: as tc prints them, and as the controller applies them (Hz)."""
+        prm = self.params
+        if prm.arithmetic == "float":
+            return {"arithmetic": "float", "alpha_hz": prm.alpha, "beta_hz": prm.beta}
+        return {"arithmetic": "kernel", "alpha256": prm.alpha256, "beta256": prm.beta256,
+                "alpha_int": self.alpha_int, "beta_int": self.beta_int,
+                "tc_alpha": kern.tc_printed(kern.unscale_alpha_beta(self.alpha_int)),
+                "tc_beta": kern.tc_printed(kern.unscale_alpha_beta(self.beta_int)),
+                "alpha_hz": kern.applied_hz(self.alpha_int), "beta_hz": kern.applied_hz(self.beta_int)}
 
     def queue_config(self) -> QueueConfig:
         p = self.params
@@ -150,6 +213,14 @@ class DualPi2(Policy):
         qdelay = state.classic.head_sojourn_ms / 1e3
         if prm.qdelay == "max":
             qdelay = max(qdelay, state.l4s.head_sojourn_ms / 1e3)
+        if prm.arithmetic == "kernel":
+            qdelay_ns = round(qdelay * 1e9)  # the state carries whole ns as float ms
+            self.prob_u32 = kern.calculate_probability(
+                self.prob_u32, qdelay_ns, self.last_qdelay_ns, self.target_ns, self.alpha_int,
+                self.beta_int, prm.drop_overload, int(prm.coupling_factor))
+            self.last_qdelay_ns = qdelay_ns
+            self.prob = self.prob_u32 / kern.MAX_PROB
+            return self.decision()
         p = self.prob + prm.alpha * (qdelay - prm.target_ms / 1e3) + prm.beta * (qdelay - self.qdelay_old)
         cap = 1.0 if prm.drop_overload else 1.0 / prm.coupling_factor  # Linux: min(p, MAX_PROB / k)
         self.prob = min(max(p, 0.0), cap)
@@ -158,11 +229,24 @@ class DualPi2(Policy):
 
     def decision(self) -> Decision:
         """The per-class distribution for the current p'."""
-        p_c = self.prob ** 2
-        p_cl = self.params.coupling_factor * self.prob
-        step = self.params.step_thresh_ms
-        if p_cl > 1.0:  # overload (only reachable with drop_overload): ECN off, drop with p_C
-            return Decision(l4s=ClassDecision(p_drop=p_c, p_mark=1.0 - p_c, step_threshold_ms=step),
-                            classic=ClassDecision(p_drop=p_c))
-        return Decision(l4s=ClassDecision(p_mark=p_cl, step_threshold_ms=step),
-                        classic=ClassDecision(p_mark=p_c))  # Not-ECT classic packets are dropped
+        prm = self.params
+        if prm.arithmetic == "kernel":
+            # must_drop(): classic rolls twice, L once on prob * k (a u64); overload when
+            # prob * k > MAX_PROB
+            local = self.prob_u32 * int(prm.coupling_factor)
+            overload = local > kern.MAX_PROB
+            p_c = kern.roll_probability(self.prob_u32) ** 2
+            p_cl = 2.0 if overload else kern.roll_probability(local)
+        else:
+            p_c = self.prob ** 2
+            p_cl = prm.coupling_factor * self.prob
+            overload = p_cl > 1.0  # only reachable with drop_overload
+        step = dict(step_threshold_ms=None if prm.step_thresh_pkts is not None else prm.step_thresh_ms,
+                    step_threshold_pkts=prm.step_thresh_pkts, min_qlen_step=prm.min_qlen_step,
+                    coin_at_dequeue=not prm.drop_early)
+        coin = dict(coin_at_dequeue=not prm.drop_early)
+        if overload:  # ECN off in C, L drops with p_C and marks the rest (dualpi2_scalable_marking)
+            return Decision(l4s=ClassDecision(p_drop=p_c, p_mark=1.0 - p_c, **step),
+                            classic=ClassDecision(p_drop=p_c, **coin))
+        return Decision(l4s=ClassDecision(p_mark=p_cl, **step),
+                        classic=ClassDecision(p_mark=p_c, **coin))  # Not-ECT classic packets are dropped

@@ -27,7 +27,35 @@ def test_dualpi2_arguments() -> None:
     args = leaf_args(policies.make("dualpi2", {"typical_rtt_ms": "20"}), 100, 50e6)
     assert args[0] == "dualpi2" and args[args.index("limit") + 1] == "10000"
     assert args[args.index("target") + 1] == "20000us"  # derived as tc-dualpi2 derives it
-    assert args[args.index("classic_protection") + 1] == "10" and args[-1] == "drop_on_overload"
+    assert args[args.index("classic_protection") + 1] == "10" and args[-2] == "drop_on_overload"
+    assert args[-1] == "drop_dequeue"
+
+
+def test_dualpi2_gains_reach_the_kernel_as_the_policy_runs_them() -> None:
+    """No alpha/beta for the defaults (the kernel's 41/819 run; tc would turn '0.16' into 40);
+    any other gain as a string tc's parse_alpha_beta() turns into the policy's integer:
+    (uint32)(strtof(s) * 256), emulated with a C float."""
+    import struct
+
+    def tc_units(text: str) -> int:
+        f = struct.unpack("<f", struct.pack("<f", float(text)))[0]
+        return int(struct.unpack("<f", struct.pack("<f", f * 256))[0])
+
+    assert "alpha" not in leaf_args(policies.make("dualpi2", {}), 100, 50e6)
+    for args in ({"alpha": "0.2", "beta": "5"}, {"max_rtt_ms": "200"}, {"typical_rtt_ms": "7"},
+                 {"beta": "2.0078124"}):
+        pol = policies.make("dualpi2", args)
+        tc = leaf_args(pol, 100, 50e6)
+        for key, kernel_default in (("alpha", 41), ("beta", 819)):
+            want = getattr(pol.params, key + "256")
+            if want == kernel_default:
+                assert key not in tc
+            else:
+                assert tc_units(tc[tc.index(key) + 1]) == want
+    tc = leaf_args(policies.make("dualpi2", {"step_thresh_pkts": 4, "min_qlen_step": 2}), 100, 50e6)
+    assert tc[tc.index("step_thresh") + 1] == "4p" and tc[tc.index("min_qlen_step") + 1] == "2"
+    with pytest.raises(UserError, match="arithmetic"):
+        leaf_args(policies.make("dualpi2", {"arithmetic": "float"}), 100, 50e6)
 
 
 def test_fifo_takes_the_testbed_buffer() -> None:

@@ -6,13 +6,18 @@ from policies.base import Action, ClassState, ParamError, QueueState
 from policies.dualpi2 import DualPi2, DualPi2Params, rtt_derived
 
 
+def F(**kw) -> DualPi2:
+    """The float form of the controller (arithmetic=float): the RFC's equations in doubles."""
+    return DualPi2(DualPi2Params(arithmetic="float", **kw))
+
+
 def qs(c_ms: float = 0.0, l_ms: float = 0.0) -> QueueState:
     return QueueState(t=0.0, dt=0.016, link_rate_bps=50e6,
                       classic=ClassState(head_sojourn_ms=c_ms), l4s=ClassState(head_sojourn_ms=l_ms))
 
 
 def test_pi_controller_golden_values():
-    pol = DualPi2()  # alpha 0.16 Hz, beta 3.2 Hz, target 15 ms
+    pol = F()  # alpha 0.16 Hz, beta 3.2 Hz, target 15 ms
     pol.update(qs(c_ms=20))
     assert pol.prob == pytest.approx(0.16 * 0.005 + 3.2 * 0.020)  # 0.0648
     d = pol.update(qs(c_ms=20))
@@ -22,7 +27,7 @@ def test_pi_controller_golden_values():
 
 
 def test_coupling_before_the_step_is_pc_squared_and_pl_linear():
-    pol = DualPi2(DualPi2Params(coupling_factor=3.0))
+    pol = F(coupling_factor=3.0)
     for _ in range(40):  # p' grows from 0.08 to about 0.14: below 1/k, so no overload
         d = pol.update(qs(c_ms=25))
         p = pol.prob
@@ -33,7 +38,7 @@ def test_coupling_before_the_step_is_pc_squared_and_pl_linear():
 
 
 def test_probability_falls_back_to_zero_below_target():
-    pol = DualPi2()
+    pol = F()
     for _ in range(5):
         pol.update(qs(c_ms=40))
     assert pol.prob > 0.1
@@ -43,7 +48,7 @@ def test_probability_falls_back_to_zero_below_target():
 
 
 def test_step_marks_l4s_packets_whose_sojourn_exceeds_1ms():
-    d = DualPi2().update(qs()).l4s  # empty queues: p' stays 0, only the step can mark
+    d = F().update(qs()).l4s  # empty queues: p' stays 0, only the step can mark
     assert d.p_mark == 0 and d.step_threshold_ms == 1.0
     assert d.action(u=0.999, sojourn_ms=1.2) is Action.MARK
     assert d.action(u=0.999, sojourn_ms=0.8) is Action.ENQUEUE
@@ -51,7 +56,7 @@ def test_step_marks_l4s_packets_whose_sojourn_exceeds_1ms():
 
 
 def test_qdelay_max_follows_linux_and_classic_follows_rfc_a1():
-    linux, rfc = DualPi2(), DualPi2(DualPi2Params(qdelay="classic"))
+    linux, rfc = F(), F(qdelay="classic")
     linux.update(qs(c_ms=0, l_ms=30))
     rfc.update(qs(c_ms=0, l_ms=30))
     assert linux.prob == pytest.approx(0.16 * 0.015 + 3.2 * 0.030)
@@ -59,7 +64,7 @@ def test_qdelay_max_follows_linux_and_classic_follows_rfc_a1():
 
 
 def test_overload_drops_in_both_queues_with_drop_overload():
-    pol = DualPi2()
+    pol = F()
     for _ in range(1000):  # bounded: a controller that never saturates fails, not hangs
         d = pol.update(qs(c_ms=200))
         if pol.params.coupling_factor * pol.prob > 1:
@@ -71,7 +76,7 @@ def test_overload_drops_in_both_queues_with_drop_overload():
 
 
 def test_without_drop_overload_p_is_capped_at_1_over_k_and_nothing_drops():
-    pol = DualPi2(DualPi2Params(drop_overload=False))
+    pol = F(drop_overload=False)
     for _ in range(50):
         d = pol.update(qs(c_ms=200))
     assert pol.prob == pytest.approx(0.5)

@@ -21,7 +21,7 @@ import pandas as pd
 
 from orchestrator.analysis import dynamics as dynmod
 from orchestrator.analysis import flows as flowmod
-from orchestrator.analysis import queue
+from orchestrator.analysis import queue, steady
 from orchestrator.analysis.pcap import read_pcap
 from orchestrator.analysis.rundir import RunDir, flow_class
 from policies.base import CLASSES
@@ -189,7 +189,7 @@ def _flow_table(run: RunDir, figs: list[flowmod.FlowFigures], notes: list[str]) 
                "rtt_ms_p95": float(np.percentile(rtt, 95)) if rtt.size else np.nan,
                "rtt_source": fig.rtt_source, "packets_sent": fig.packets_sent,
                "packets_received": fig.packets_received, "loss": _loss(fig),
-               "first": fig.first, "last": fig.last}
+               "first": fig.first, "last": fig.last, "d_ss_mbps": steady.d_ss_mbps(flow)}
         row.update({f"ecn_{k}": fig.ecn_counts.get(k) for k in flowmod.ECN_NAMES})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -262,6 +262,9 @@ def _summary(a: Analysis, pkts: pd.DataFrame, control: pd.DataFrame) -> dict[str
         "drops": {cls: counted["drops"][cls] if has_telemetry else None for cls in CLASSES},
         "jain_index": jain(ft["goodput_mbps"].to_numpy(np.float64)) if not ft.empty else None,
         "l4s_classic_rate_ratio": rate_ratio(ft),
+        # heistp/l4s-tests' fairness: Jain over the flows' steady-state delivery rates
+        "jain_d_ss": steady.jain([None if pd.isna(v) else v for v in ft["d_ss_mbps"]])
+        if not ft.empty else None,
         "flows": [_flow_entry(row) for row in ft.to_dict("records")],
         "sample_rate": run.sample_rate,
     }
@@ -272,7 +275,7 @@ def _summary(a: Analysis, pkts: pd.DataFrame, control: pd.DataFrame) -> dict[str
 
 def _flow_entry(row: dict[str, Any]) -> dict[str, Any]:
     out = {k: row[k] for k in ("name", "kind", "ecn", "cls", "goodput_mbps", "throughput_mbps", "rtt_ms_p50",
-                               "rtt_ms_p95", "rtt_source")}
+                               "rtt_ms_p95", "rtt_source", "d_ss_mbps")}
     out["retransmits"] = _count(row["retransmits"])
     out["ecn_counts"] = {n: _count(row[f"ecn_{n}"]) for n in flowmod.ECN_NAMES}
     return out

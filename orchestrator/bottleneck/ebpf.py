@@ -37,6 +37,7 @@ import policies
 from orchestrator.bottleneck import bpfobj, dynamic_run
 from orchestrator.bottleneck import shaping as link
 from orchestrator.bottleneck.base import Datapath
+from orchestrator.bottleneck.dualpi2_rules import per_packet_rules_missing
 from orchestrator.errors import UserError
 from orchestrator.testbed.base import Testbed
 from policies.base import Policy
@@ -75,6 +76,8 @@ class EbpfDatapath(Datapath):
         if why is None and policy.per_packet:
             why = (f"policy {policy.name!r} acts per packet at dequeue; the ebpf datapath applies "
                    f"per-update probabilities only (use the nfqueue datapath)")
+        if why is None:
+            why = per_packet_rules_missing(policy)
         return why
 
     # ---- start

@@ -211,11 +211,22 @@ def red_burst(w_q: float, qmin: int, avpkt: int) -> int:
 
 def _dualpi2(p: Any) -> list[str]:
     _refuse("dualpi2", p, "qdelay", "max", "Linux dualpi2 always uses the larger queue delay")
+    _refuse("dualpi2", p, "arithmetic", "kernel", "sch_dualpi2 computes in integers")
+    # The gains in 1/256 Hz the policy's kernel arithmetic runs (policies/dualpi2_kernel.py):
+    # none for the kernel's defaults (41, 819; tc would turn '0.16' into 40), else n/256 in
+    # full: 8 decimals print it exactly, and a float holds it exactly (n < 2^23), so tc's
+    # (uint32)(strtof(s) * 256) gives back n.
+    gains = [arg for key, default in (("alpha", 41), ("beta", 819))
+             if getattr(p, key + "256") != default
+             for arg in (key, f"{getattr(p, key + '256') / 256:.8f}")]
+    step = (["step_thresh", f"{p.step_thresh_pkts}p"] if p.step_thresh_pkts is not None
+            else ["step_thresh", _ms(p.step_thresh_ms)])
     return ["dualpi2", "limit", str(p.limit), "target", _ms(p.target_ms),
-            "tupdate", _ms(p.tupdate_ms), "alpha", f"{p.alpha:g}", "beta", f"{p.beta:g}",
-            "step_thresh", _ms(p.step_thresh_ms), "coupling_factor", f"{p.coupling_factor:g}",
+            "tupdate", _ms(p.tupdate_ms), *gains, *step, "min_qlen_step", str(p.min_qlen_step),
+            "coupling_factor", f"{p.coupling_factor:g}",
             "classic_protection", str(round(p.c_protection * 100)),
-            "drop_on_overload" if p.drop_overload else "overflow"]
+            "drop_on_overload" if p.drop_overload else "overflow",
+            "drop_enqueue" if p.drop_early else "drop_dequeue"]
 
 
 # ---------------------------------------------------------------- what this machine has

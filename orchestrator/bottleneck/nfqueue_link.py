@@ -47,6 +47,7 @@ from random import random
 from time import monotonic
 from typing import Any, Protocol
 
+from orchestrator.bottleneck.dualpi2_rules import dequeue_coin, stepped
 from orchestrator.bottleneck.dualq import INF, WIRE_MTU, C, DualQueue, Entry, L
 from orchestrator.bottleneck.ecn import classify, ipv4_checksum, is_tcp_syn, set_ce
 from orchestrator.bottleneck.packetlog import ETH_HEADER, PacketLog
@@ -111,8 +112,9 @@ class Link:
         self.offset = epoch_offset
         self.free_at = 0.0  # when the link finishes the packet in flight
         self.inflight: Any = None
-        # per class: (p_drop, p_drop + p_mark, step threshold in s or None)
-        self.probs: list[tuple[float, float, float | None]] = [(0.0, 0.0, None)] * 2
+        # per class: (p_drop, p_drop + p_mark, step threshold in s or None, in packets or None,
+        # min_qlen_step, coin at dequeue)
+        self.probs: list[tuple] = [(0.0, 0.0, None, None, 0, False)] * 2
         self.iv = Interval()
         self.last_state = start
         self.start = start
@@ -130,7 +132,8 @@ class Link:
         for name in CLS_NAMES:
             d = decision.of(name)
             step = None if d.step_threshold_ms is None else d.step_threshold_ms / 1e3
-            probs.append((d.p_drop, d.p_drop + d.p_mark, step))
+            probs.append((d.p_drop, d.p_drop + d.p_mark, step, d.step_threshold_pkts,
+                          d.min_qlen_step, d.coin_at_dequeue))
         self.probs = probs  # one reference swap: safe against a control thread
 
     # ---- enqueue
@@ -150,8 +153,8 @@ class Link:
             self.overflow += 1
             return self._drop(pkt, now, cls, ecn, data)
         action = ENQUEUE
-        p_drop, p_any, _ = self.probs[cls]
-        if p_any > 0.0 and q.total_bytes >= self.min_backlog:
+        p_drop, p_any, _, _, min_qlen_step, at_dequeue = self.probs[cls]
+        if p_any > 0.0 and not at_dequeue and q.total_bytes >= self.min_backlog:
             r = random()
             if r < p_any:
                 if is_tcp_syn(data):
@@ -161,7 +164,8 @@ class Link:
                 else:
                     action = MARK
                     data = self._mark(pkt, cls, ecn, data)
-        q.push((now, size, cls, ecn, action, pkt, data))
+        # last: may the step apply (sch_dualpi2 decides it at enqueue, from min_qlen_step)
+        q.push((now, size, cls, ecn, action, pkt, data, q.pkts[cls] >= min_qlen_step))
         if q.total_pkts > self.max_backlog:
             self.max_backlog = q.total_pkts
 
@@ -201,8 +205,8 @@ class Link:
             got = q.pop(self.free_at, horizon)
             if got is None:
                 return None
-            (t_arr, size, cls, ecn, action, pkt, data), start = got
-            action, data = self._at_dequeue(pkt, start - t_arr, start, cls, ecn, action, data)
+            (t_arr, size, cls, ecn, action, pkt, data, may_step), start = got
+            action, data = self._at_dequeue(pkt, start - t_arr, start, cls, ecn, action, data, may_step)
             if action == DROP:
                 self._drop(pkt, t_arr, cls, ecn, data)
                 continue
@@ -222,11 +226,13 @@ class Link:
                 self.log.add(t_arr, start, cls | action << 1 | ecn << 3, data)
 
     def _at_dequeue(self, pkt: Packet, sojourn: float, start: float, cls: int, ecn: int,
-                    action: int, data: bytes) -> tuple[int, bytes]:
-        """Step marking (ECN-capable packets only: a step AQM is a marking AQM) and the
-        policy's per-packet hook."""
-        step = self.probs[cls][2]
-        if step is not None and ecn and action == ENQUEUE and sojourn >= step:
+                    action: int, data: bytes, may_step: bool = True) -> tuple[int, bytes]:
+        """The coin if the decision tosses it at dequeue, step marking (ECN-capable packets
+        only: a step AQM is a marking AQM), and the policy's per-packet hook."""
+        p_drop, p_any, step, step_pkts, _, at_dequeue = self.probs[cls]
+        if at_dequeue and action == ENQUEUE:
+            action, data = dequeue_coin(self, pkt, cls, ecn, data, p_drop, p_any)
+        if may_step and ecn and action == ENQUEUE and stepped(self.queue.pkts[cls], sojourn, step, step_pkts):
             self.step_marks += 1
             return MARK, self._mark(pkt, cls, ecn, data)
         if self.per_packet and action == ENQUEUE:

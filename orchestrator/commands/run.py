@@ -86,6 +86,10 @@ def run(policy: str | None, datapath: str | None, scenario_file: str | None, dur
                              on_warning=lambda w: click.echo(f"warning: {w}", err=True))
     for run_dir in runs:
         print_summary(run_dir, as_json)
+    if not as_json:  # every point in one table: D_SS per flow and Jain (analysis/steady.py)
+        from orchestrator.analysis.steady import sweep_table
+
+        click.echo("\n".join(sweep_table(sweep_dir)))
     click.echo(f"sweep: {sweep_dir} ({len(runs)} runs)")
 
 

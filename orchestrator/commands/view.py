@@ -77,13 +77,14 @@ def print_summary(run_dir: Path, as_json: bool = False) -> None:
                      _fmt((summary.get("drops") or {}).get(cls)))
     out.print(head)
     flows = Table()
-    for col in ("flow", "kind", "ecn", "goodput Mbit/s", "retransmits", "RTT p50 ms"):
+    for col in ("flow", "kind", "ecn", "goodput Mbit/s", "D_SS Mbit/s", "retransmits", "RTT p50 ms"):
         flows.add_column(col, justify="right")
     for f in summary.get("flows", []):
         flows.add_row(f.get("name"), f.get("kind"), str(f.get("ecn")), _fmt(f.get("goodput_mbps")),
-                      _fmt(f.get("retransmits")), _fmt(f.get("rtt_ms_p50")))
+                      _fmt(f.get("d_ss_mbps")), _fmt(f.get("retransmits")), _fmt(f.get("rtt_ms_p50")))
     out.print(flows)
     out.print(f"utilisation {_fmt(summary.get('utilization'), 3)}   Jain {_fmt(summary.get('jain_index'), 3)}"
+              f"   Jain(D_SS) {_fmt(summary.get('jain_d_ss'), 3)}"
               f"   L4S/classic rate ratio {_fmt(summary.get('l4s_classic_rate_ratio'))}"
               f"   missed deadlines {_fmt(summary.get('missed_deadlines'))}")
     dyn = summary.get("dynamics")

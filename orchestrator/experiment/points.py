@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from orchestrator.bottleneck import shaping
+from orchestrator.bottleneck import access_delay, shaping
 from orchestrator.experiment import results
 from orchestrator.experiment.run import Progress, Run
 from orchestrator.spec import units
@@ -25,7 +25,18 @@ LINK_KEYS = ("rate", "rtt", "buffer")
 
 @contextmanager
 def link_settings(tb: Testbed, point: Mapping[str, Any]) -> Iterator[None]:
-    """The bottleneck as `point` sets it (any of rate, rtt, buffer) for the block."""
+    """The bottleneck as `point` sets it (any of rate, rtt, buffer) and the access delays it
+    names (`delay.<host>`: per-flow RTTs) for the block."""
+    saved_delays = access_delay.apply(tb, dict(point))
+    try:
+        with _bottleneck(tb, point):
+            yield
+    finally:
+        access_delay.restore(tb, saved_delays)
+
+
+@contextmanager
+def _bottleneck(tb: Testbed, point: Mapping[str, Any]) -> Iterator[None]:
     if not any(k in point for k in LINK_KEYS):
         yield
         return

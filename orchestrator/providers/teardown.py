@@ -15,6 +15,7 @@ from pathlib import Path
 from orchestrator import bottleneck, workloads
 from orchestrator.errors import UserError
 from orchestrator.testbed.base import Testbed
+from orchestrator.workloads import prague
 
 Record = dict[str, str]
 
@@ -76,7 +77,7 @@ def _undo_workload(tb: Testbed, kind: str, value: str) -> bool:
 def _unregister_local(value: str, home: Path, removed: list[str]) -> None:
     """A BPF congestion control registered on this machine: only the name workloads.l4s
     gives this testbed's, so a planted record cannot unregister anyone else's."""
-    if value != f"l4s_{home.name}"[:15]:
+    if not prague.is_testbed_cc(value, home.name):
         return
     subprocess.run(["bpftool", "struct_ops", "unregister", "name", value], capture_output=True)
     removed.append(f"struct_ops {value}")

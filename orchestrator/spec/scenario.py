@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator, model_
 from orchestrator.errors import SpecError
 from orchestrator.spec import units
 from orchestrator.spec.load import read_yaml, validate
+from orchestrator.spec.prague import PragueOptions
 
 FLOW_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,23}$")
 ECN = Literal["not-ect", "ect0", "ect1", "ce"]
@@ -35,6 +36,7 @@ class FlowSpec(BaseModel):
     rate: str | None = None  # udp: constant bit rate; scapy: packets are paced to it
     packet_size: int = 1200  # udp/scapy payload bytes
     pattern: Literal["burst", "short-flows", "mixed-ecn"] = "burst"  # scapy
+    prague: dict[str, Any] | None = None  # l4s: TCP Prague options (workloads/prague.py)
 
     @field_validator("name")
     @classmethod
@@ -77,6 +79,11 @@ class FlowSpec(BaseModel):
             raise ValueError("a udp flow needs a 'rate', like '10mbit'")
         if self.kind in ("udp", "scapy") and self.size is not None:
             raise ValueError(f"a {self.kind} flow takes 'duration', not 'size'")
+        if self.prague is not None:
+            if self.kind != "l4s" or self.cc == "prague":
+                raise ValueError("'prague' options are for an l4s flow on the BPF congestion "
+                                 "control (the kernel's Prague has its own module parameters)")
+            PragueOptions.model_validate(self.prague)
         return self
 
     @property
@@ -151,9 +158,14 @@ class Scenario(BaseModel):
                 raise SpecError(source, f"{path}.start",
                                 f"starts at {flow.start} but the scenario lasts {self.duration}")
         for key, values in self.sweep.items():
-            if key not in SWEEP_CHECKS and key != "link":
-                raise SpecError(source, f"{prefix}sweep.{key}",
-                                "unknown sweep key (expected policy, rate, rtt, buffer, datapath or link)")
+            # a host's access-link delay (bottleneck/access_delay.py)
+            if key.startswith("delay."):
+                if key[6:] not in names or names[key[6:]] == "router":
+                    raise SpecError(source, f"{prefix}sweep.{key}",
+                                    f"expected delay.<sender or receiver>, got unknown host {key[6:]!r}")
+            elif key not in SWEEP_CHECKS and key != "link":
+                raise SpecError(source, f"{prefix}sweep.{key}", "unknown sweep key (expected policy, rate, "
+                                "rtt, buffer, datapath, link or delay.<host>)")
             if not values:
                 raise SpecError(source, f"{prefix}sweep.{key}", "expected a non-empty list")
             if key == "link":
@@ -166,9 +178,14 @@ class Scenario(BaseModel):
                 continue
             for j, value in enumerate(values):
                 try:
-                    SWEEP_CHECKS[key](value)
+                    SWEEP_CHECKS.get(key, _check_delay)(value)
                 except ValueError as e:
                     raise SpecError(source, f"{prefix}sweep.{key}[{j}]", str(e)) from None
+
+
+def _check_delay(value: Any) -> None:
+    if units.seconds(value) < 0:
+        raise ValueError(f"expected a non-negative delay like '5ms', got {value!r}")
 
 
 def _check_name(value: Any) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 from orchestrator.testbed.base import Testbed
-from orchestrator.workloads import ccroute, ect1, l4s
+from orchestrator.workloads import ccroute, ect1, l4s, prague
 from orchestrator.workloads.plan import FlowPlan
 
 TCP_ECN = "net.ipv4.tcp_ecn"
@@ -33,12 +33,14 @@ class KernelState:
         self.sysctls: list[tuple[str, str, str]] = []  # (host, key, previous value)
 
     def setup(self, plans: list[FlowPlan]) -> None:
-        # the scalable CC is registered once, in the kernel of every host an L4S flow uses
+        # the scalable CC is registered once per variant (its Prague options), in the kernel of
+        # every host an L4S flow of that variant uses
         scalable = [p for p in plans if p.spec.kind == "l4s"
                     and l4s.choose(self.testbed, p.spec.src, p.spec.cc) == l4s.SCALABLE]
-        if scalable:
-            hosts = [h for p in scalable for h in (p.spec.src, p.spec.dst)]
-            self.cc[l4s.SCALABLE] = l4s.register_cc(self.testbed, hosts)
+        for bits in dict.fromkeys(prague.bits_of(p.spec.prague) for p in scalable):
+            hosts = [h for p in scalable if prague.bits_of(p.spec.prague) == bits
+                     for h in (p.spec.src, p.spec.dst)]
+            self.cc[_key(l4s.SCALABLE, bits)] = l4s.register_cc(self.testbed, hosts, bits)
         for p in plans:
             if p.spec.kind == "l4s":
                 self._l4s(p)
@@ -47,9 +49,13 @@ class KernelState:
 
     def _l4s(self, p: FlowPlan) -> None:
         kind = l4s.choose(self.testbed, p.spec.src, p.spec.cc)
-        if kind not in self.cc:
-            self.cc[kind] = l4s.prague() if kind == l4s.PRAGUE else l4s.register_cc(self.testbed)
-        cc = self.cc[kind]
+        bits = prague.bits_of(p.spec.prague)
+        key = _key(kind, bits)
+        if key not in self.cc:
+            self.cc[key] = l4s.prague() if kind == l4s.PRAGUE else l4s.register_cc(self.testbed, bits=bits)
+        cc = self.cc[key]
+        if kind == l4s.PRAGUE and p.spec.prague is not None:
+            p.notes.append("prague options not applied: the kernel's TCP Prague runs with its own")
         p.cc = cc.name
         if kind == l4s.SCALABLE:
             self._set(p.spec.src, *PACING_CA_RATIO)
@@ -115,6 +121,11 @@ class KernelState:
             ccroute.remove(self.testbed, item)  # type: ignore[arg-type]
         else:
             l4s.unregister(self.testbed, item)  # type: ignore[arg-type]
+
+
+def _key(kind: str, bits: int) -> str:
+    """The registry key of a congestion control: one per scalable variant."""
+    return kind if kind == l4s.PRAGUE or bits == prague.DEFAULT_BITS else f"{kind}:{bits:x}"
 
 
 def egress_iface(testbed: Testbed, host: str, dst_ip: str) -> str:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from orchestrator.errors import UserError
 from orchestrator.testbed.base import Testbed
 from orchestrator.workloads import bpfbuild
+from orchestrator.workloads import prague as prague_opts
 
 PRAGUE = "prague"
 SCALABLE = "scalable"
@@ -46,8 +47,9 @@ class CongestionControl:
     hosts: tuple[str, ...] = ()  # remote hosts it is registered on
 
 
-def cc_name(testbed: Testbed) -> str:
-    return f"l4s_{testbed.name}"[:NAME_MAX]
+def cc_name(testbed: Testbed, bits: int = prague_opts.DEFAULT_BITS) -> str:
+    """This testbed's scalable CC with the Prague options `bits` (workloads/prague.py)."""
+    return prague_opts.cc_name(testbed.name, bits, NAME_MAX)
 
 
 def available_ccs(testbed: Testbed, host: str) -> list[str]:
@@ -89,11 +91,13 @@ def prague() -> CongestionControl:
     return CongestionControl(PRAGUE, PRAGUE, accecn=True, rewrite_ect1=False)
 
 
-def register_cc(testbed: Testbed, hosts: Sequence[str] = ()) -> CongestionControl:
-    """Build and register this testbed's scalable CC in the kernels of `hosts` (this
-    machine's kernel for namespace hosts, or when no hosts are given); `testbed down` (or
-    unregister) removes it. A remote host gets the object copied or compiled there."""
-    name = cc_name(testbed)
+def register_cc(testbed: Testbed, hosts: Sequence[str] = (),
+                bits: int = prague_opts.DEFAULT_BITS) -> CongestionControl:
+    """Build and register this testbed's scalable CC, with the Prague options `bits`, in the
+    kernels of `hosts` (this machine's kernel for namespace hosts, or when no hosts are
+    given); `testbed down` (or unregister) removes it. A remote host gets the object copied
+    or compiled there."""
+    name = cc_name(testbed, bits)
     remote = [h for h in dict.fromkeys(hosts) if not testbed.shares_files(h)]
     targets: list[str | None] = ([None] if len(remote) < len(set(hosts)) or not hosts else []) + remote
     for host in targets:  # a leftover of a crashed run would make the name clash
@@ -101,12 +105,13 @@ def register_cc(testbed: Testbed, hosts: Sequence[str] = ()) -> CongestionContro
     accecn = True
     for host in targets:
         testbed.add_cleanup("struct_ops", _record(name, host))  # before: a crash in between is safe
-        accecn = _register(testbed, host, name) and accecn
+        accecn = _register(testbed, host, name, bits) and accecn
     return CongestionControl(name, SCALABLE, accecn=accecn, rewrite_ect1=True,
                              local=None in targets, hosts=tuple(remote))
 
 
-def _register(testbed: Testbed, host: str | None, name: str) -> bool:
+def _register(testbed: Testbed, host: str | None, name: str,
+              bits: int = prague_opts.DEFAULT_BITS) -> bool:
     """Register in host's kernel (None: this machine's); True if with AccECN."""
     run = _runner(testbed, host)
     if name in run(["cat", CCS]).stdout.split():
@@ -114,7 +119,7 @@ def _register(testbed: Testbed, host: str | None, name: str) -> bool:
     errors = []
     for flags, accecn in ((TCP_CONG_NEEDS_ECN | TCP_CONG_NEEDS_ACCECN, True),
                           (TCP_CONG_NEEDS_ECN, False)):
-        defines = {"CC_NAME": name, "CC_FLAGS": hex(flags)}
+        defines = {"CC_NAME": name, "CC_FLAGS": hex(flags), "PRAGUE": hex(bits)}
         obj = (str(bpfbuild.build("scalable_cc.bpf.c", defines)) if host is None
                else bpfbuild.build_on(testbed, host, "scalable_cc.bpf.c", defines))
         res = run(["bpftool", "struct_ops", "register", obj])

@@ -18,7 +18,7 @@ from typing import Any
 from orchestrator.errors import UserError
 from orchestrator.spec import units
 from orchestrator.testbed.base import Testbed
-from orchestrator.workloads import tcpinfo
+from orchestrator.workloads import prague, tcpinfo
 from orchestrator.workloads.ccroute import MARK_OWN_CC
 from orchestrator.workloads.ect1 import MARK_ECT1
 from orchestrator.workloads.plan import ECN_VALUE, FlowPlan
@@ -184,6 +184,7 @@ class TcpSenderRunner(Runner):
                  bytes_sent=cli.get("bytes_sent"), bytes_received=srv.get("bytes_received"),
                  retransmits=cli.get("retransmits"), tcp_info=rows, negotiated=cli.get("ecn"),
                  raw={"client": cli, "server": srv}, error=cli.get("error") or srv.get("error"))
+        r["cc_variant"] = prague.variant(r["cc"])  # decoded from the name the socket gave
         if not cli:
             r["error"] = "the sender left no report (see logs/)"
         return r
