@@ -106,3 +106,25 @@ def test_make_service_from_config_and_capacity_file(tmp_path):
 
 def test_sampling_follows_the_highest_rate():
     assert nl.sample_rate({"rate_bps": 10e6, "max_rate_bps": 1e9}) < nl.sample_rate({"rate_bps": 10e6})
+
+
+def test_trace_capacity_record_says_the_mean_held_before_t0(tmp_path):
+    """Before the flows start the link runs at the trace's mean; the record and the analysis
+    of it agree (the plot's capacity line before t0, the intervals from t0 on)."""
+    import numpy as np
+
+    from orchestrator.analysis import dynamics
+
+    (tmp_path / "telemetry").mkdir()
+    # 4 packets per 200 ms (0.24 Mbit/s on average), 3 of them in the first 100 ms (0.36)
+    cfg = {"schedule": {"kind": "mahimahi", "ms": [1, 1, 1, 200], "t0_epoch": 100.0},
+           "telemetry_dir": str(tmp_path / "telemetry")}
+    link = nl.Link(50e6, QueueConfig(), 100, math.inf, service=svc_mod.make_service(cfg, 0.0))
+    svc_mod.write_capacity(cfg, link, 100.0, 100.3)
+    cap = dynamics.read_capacity(tmp_path)
+    assert cap["steps"][0] == [100.0 - svc_mod.PRE_T0_S, pytest.approx(0.24e6)]
+    # the run started 2 s before t0: the mean until t0, then the trace's own bins
+    assert dynamics.capacity_series(cap, 98.0, np.array([0.5, 2.05, 2.15])).tolist() == \
+        pytest.approx([0.24, 0.36, 0.12])
+    assert dynamics.capacity_schedule([(t - 100.0, r) for t, r in cap["steps"]]).value_at(0) == \
+        pytest.approx(0.36e6)

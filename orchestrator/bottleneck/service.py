@@ -13,6 +13,8 @@ from typing import Any
 from orchestrator.spec import schedule as sm
 from orchestrator.spec.schedule import MAHIMAHI_BYTES, MahimahiTrace, Schedule
 
+PRE_T0_S = 3600.0  # a capacity step this long before t0 stands for "before the run's start"
+
 
 class RateService:
     """How long the link takes to send a packet under a rate schedule, in the link's virtual
@@ -106,7 +108,10 @@ def write_capacity(config: dict[str, Any], link: Any, t0_epoch: float | None, en
         out.update(steps=[], changes=[])
     elif sched["kind"] == "mahimahi":
         trace = sm.MahimahiTrace(sched["ms"])
-        out["steps"] = [[t0_epoch + t, r] for t, r in trace.rate_bins(max(end_epoch - t0_epoch, 0.1))]
+        # before t0 the link ran at the trace's mean (the nominal rate): a step well before
+        # t0 says so (analysis folds it into t = 0, where the first bin replaces it)
+        out["steps"] = [[t0_epoch - PRE_T0_S, trace.mean_rate_bps]] + [
+            [t0_epoch + t, r] for t, r in trace.rate_bins(max(end_epoch - t0_epoch, 0.1))]
         out["changes"] = []
         out["opportunities_used"] = link.service.used if link.service is not None else 0
         out["opportunities_offered"] = trace.count(-1.0, end_epoch - t0_epoch)
