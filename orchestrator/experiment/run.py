@@ -8,6 +8,7 @@ collected stays readable.
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import signal
@@ -121,8 +122,6 @@ class Run:
             run_dir = self.dir
             with dynamic_run.applied(self.tb, self.dynamics, run_dir, self.scenario.duration_s,
                                      self.link_static):
-                import copy
-
                 self.link_seen = copy.copy(self.tb.bottleneck)
                 self.datapath.start(self.policy, self.dir)
                 try:
@@ -131,7 +130,8 @@ class Run:
                                             self.scenario.duration_s,
                                             on_progress=lambda done, total: progress("traffic",
                                                                                      total - done),
-                                            on_t0=lambda t0: dynamic_run.begin(self.tb, run_dir, t0),
+                                            on_t0=None if self.dynamics is None else
+                                            lambda t0: dynamic_run.begin(self.tb, run_dir, t0),
                                             t0_lead_s=dynamic_run.t0_lead(self.tb, self.dynamics))
                 finally:
                     progress("stopping", -1)
