@@ -17,10 +17,10 @@ def cli() -> None:
 def _register() -> None:
     """Commands that live beside the library areas they drive (commands/); each module lists
     its commands in COMMANDS."""
-    from orchestrator.commands import analysis, collect, crosscheck, ml, regress, run, testbed
+    from orchestrator.commands import analysis, collect, crosscheck, ml, regress, run, testbed, trace
     from orchestrator.commands import policies as policies_cmd
 
-    for module in (testbed, run, analysis, ml, policies_cmd, regress, collect, crosscheck):
+    for module in (testbed, run, analysis, ml, policies_cmd, regress, collect, trace, crosscheck):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -50,6 +50,10 @@ class QueueState:
 
     t: float  # seconds since the datapath started
     dt: float  # seconds since the previous update
+    # the link's nominal rate, fixed for the run: on a link that changes during the run (a
+    # schedule or a trace) it stays the rate the run started with (a trace's mean). The
+    # schedule is hidden from every policy, AQM-LLM included: changes must be inferred from
+    # what a router measures (departure rate, backlog, sojourn).
     link_rate_bps: float
     l4s: ClassState = field(default_factory=ClassState)
     classic: ClassState = field(default_factory=ClassState)

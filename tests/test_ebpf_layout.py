@@ -60,3 +60,26 @@ def test_per_packet_policies_are_refused() -> None:
     dp = EbpfDatapath(testbed=None)  # unsupported() looks at the policy only
     assert "nfqueue" in dp.unsupported(Codel())
     assert dp.unsupported(DualPi2()) is None
+
+
+def test_rate_follower_keeps_step_marking_on_the_link_rate(tmp_path):
+    """Under a schedule the kernel's backlog-to-sojourn factor follows the rate in force."""
+    import json
+
+    import numpy as np
+
+    from orchestrator.bottleneck.ebpf_agent import RateFollower
+
+    class FakeMaps:
+        config = np.zeros(1, dtype=[("ps_per_byte", "u8")])
+
+    t0 = tmp_path / "schedule-t0"
+    follow = RateFollower({"steps": [[0, 50e6], [10, 10e6]], "t0_path": str(t0)})
+    maps = FakeMaps()
+    follow.update(maps, now=5.0)
+    assert maps.config["ps_per_byte"][0] == 0  # nothing before the run's t0
+    t0.write_text(json.dumps({"t0_epoch": 100.0}))
+    follow.update(maps, now=105.0)
+    assert maps.config["ps_per_byte"][0] == 160_000  # 8e12 / 50e6
+    follow.update(maps, now=110.0)
+    assert maps.config["ps_per_byte"][0] == 800_000

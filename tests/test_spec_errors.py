@@ -11,7 +11,7 @@ GOOD = dumbbell_yaml("bad")
 CASES = {
     "missing key": (GOOD.replace("  - {name: r1, role: router}\n", "  - {role: router}\n"),
                     "hosts[2].name", "required key is missing"),
-    "wrong type": (GOOD.replace("rate: 50mbit", "rate: [50]"), "links[2].bottleneck.rate",
+    "wrong type": (GOOD.replace("rate: 50mbit", "rate: {x: 1}"), "links[2].bottleneck.rate",
                    "valid string"),
     "negative rate": (GOOD.replace("rate: 50mbit", "rate: -5mbit"), "links[2].bottleneck.rate",
                       "like '50mbit'"),

@@ -39,8 +39,27 @@ def compare(run_dirs: list[str | Path]) -> pd.DataFrame:
             for cls in CLASSES:
                 row[f"{what}_{cls}"] = (s.get(what) or {}).get(cls)
         row["missed_deadlines"] = s.get("missed_deadlines")
+        row.update(dynamics_row(s.get("dynamics")))
         rows.append(row)
     return pd.DataFrame(rows).set_index("run")
+
+
+def dynamics_row(dyn: dict[str, Any] | None) -> dict[str, Any]:
+    """Per-change figures of a dynamic link as columns: drop<i>_peak_<cls>_ms, drop<i>_drain_s
+    (negative: never drained, the value is the bound), rise<i>_recovery_s."""
+    if not dyn:
+        return {}
+    row: dict[str, Any] = {"capacity_mean_mbps": dyn.get("capacity_mean_mbps")}
+    drops = [c for c in dyn.get("changes") or [] if c.get("kind") == "drop"]
+    rises = [c for c in dyn.get("changes") or [] if c.get("kind") == "rise"]
+    for i, c in enumerate(drops, 1):
+        for cls in CLASSES:
+            row[f"drop{i}_peak_{cls}_ms"] = (c.get("peak_delay_ms") or {}).get(cls)
+        row[f"drop{i}_drain_s"] = c.get("drain_s") if c.get("drained") else f">={c.get('drain_s'):.3g}"
+    for i, c in enumerate(rises, 1):
+        row[f"rise{i}_recovery_s"] = c.get("recovery_s") if c.get("recovered") else \
+            f">={c.get('recovery_s'):.3g}"
+    return row
 
 
 def render(frame: pd.DataFrame, width: int = 160) -> str:

@@ -60,6 +60,8 @@ def throughput(ts: pd.DataFrame, flows: list[str], path: Path, title: str = "") 
     for name in have:
         line, = ax.plot(ts["t"], ts[f"{name}_goodput_mbps"], label=f"{name} goodput")
         ax.plot(ts["t"], ts[f"{name}_throughput_mbps"], color=line.get_color(), ls="--", lw=0.8, alpha=0.6)
+    if "capacity_mbps" in ts:  # a dynamic link: the capacity in force, as a step line
+        ax.step(ts["t"], ts["capacity_mbps"], where="post", color="black", lw=1.2, label="link capacity")
     ax.set(xlabel="time (s)", ylabel="Mbit/s", title=title or "Throughput per flow (dashed: IP bytes)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")

@@ -62,6 +62,10 @@ def _run_section(run_dir: Path) -> str:
             f"&middot; datapath {html.escape(str(s.get('datapath')))}</p>")
     parts = [head, _table(_headline(s)), "<h3>Flows</h3>", _table(pd.json_normalize(s.get("flows") or []))]
     parts += ["<h3>Queue delay (ms)</h3>", _table(_delays(s))]
+    if s.get("dynamics"):
+        parts += ["<h3>Dynamic link: per change</h3>", _table(changes_table(s["dynamics"])),
+                  "<h3>Dynamic link: utilisation per interval</h3>",
+                  _table(pd.DataFrame(s["dynamics"].get("intervals") or []))]
     for name, caption in PLOTS:
         png = run_dir / "plots" / name
         if png.exists():
@@ -75,12 +79,35 @@ def _run_section(run_dir: Path) -> str:
 
 
 def _headline(s: dict[str, Any]) -> pd.DataFrame:
-    keys = ("duration_s", "link_rate_mbps", "utilization", "jain_index", "l4s_classic_rate_ratio",
+    keys = ("duration_s", "link_rate_mbps", "capacity_mean_mbps", "utilization", "jain_index",
+            "l4s_classic_rate_ratio",
             "decisions", "missed_deadlines", "decide_us_p50", "decide_us_p99")
     rows = [(k, s.get(k)) for k in keys]
     rows += [(f"{what} {cls}", (s.get(what) or {}).get(cls)) for what in ("marks", "drops")
              for cls in ("l4s", "classic")]
     return pd.DataFrame(rows, columns=["figure", "value"])
+
+
+def changes_table(dyn: dict[str, Any]) -> pd.DataFrame:
+    """One row per capacity change: peak delay per class and drain time after a drop,
+    recovery time after a rise."""
+    rows = []
+    for c in dyn.get("changes") or []:
+        peak = c.get("peak_delay_ms") or {}
+        rows.append({"t (s)": c.get("t"), "change": f"{c.get('from_mbps'):g} -> {c.get('to_mbps'):g} Mbit/s",
+                     "kind": c.get("kind"), "peak L4S delay (ms)": peak.get("l4s"),
+                     "peak classic delay (ms)": peak.get("classic"),
+                     "classic drain (s)": _bound(c.get("drain_s"), c.get("drained")),
+                     "recovery to 90% (s)": _bound(c.get("recovery_s"), c.get("recovered"))})
+    return pd.DataFrame(rows)
+
+
+def _bound(value: Any, reached: Any) -> Any:
+    """A time, or '>= T' when the queue never drained (utilisation never recovered) before
+    the next change."""
+    if value is None:
+        return None
+    return value if reached else f">= {value:.3g}"
 
 
 def _delays(s: dict[str, Any]) -> pd.DataFrame:

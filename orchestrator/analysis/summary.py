@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from orchestrator.analysis import dynamics as dynmod
 from orchestrator.analysis import flows as flowmod
 from orchestrator.analysis import queue, steady
 from orchestrator.analysis.pcap import read_pcap
@@ -74,7 +75,34 @@ def analyze(run_dir: str | Path, bin_s: float = BIN_S) -> Analysis:
     a.timeseries = _timeseries(a, pkts, control, bin_s)
     a.rtt = _rtt_table(a)
     a.summary = _summary(a, pkts, control)
+    _dynamics(a, pkts)
     return a
+
+
+def _dynamics(a: Analysis, pkts: pd.DataFrame) -> None:
+    """A link that changed during the run: the capacity in force goes into the time series
+    (for the throughput plot), utilisation is taken against it, and the per-change figures
+    go into summary['dynamics'] (analysis/dynamics.py)."""
+    cap = dynmod.read_capacity(a.run.path)
+    if not cap:
+        return
+    if not a.timeseries.empty and "t" in a.timeseries:
+        t = a.timeseries["t"].to_numpy(np.float64)
+        a.timeseries["capacity_mbps"] = dynmod.capacity_series(cap, a.t0, t)
+    duration = a.run.scenario_duration_s or a.run.duration_s or 0.0
+    if queue.ensure(pkts).empty or not duration:
+        a.summary["notes"].append("dynamic link: no per-packet telemetry, so no per-change figures")
+        a.summary["dynamics"] = clean({"kind": cap.get("kind"), "changes": [], "intervals": []})
+        return
+    try:
+        dyn = dynmod.of_run(cap, pkts, duration, a.run.manifest.get("policy_args"), a.run.sample_rate)
+    except (KeyError, TypeError, ValueError) as e:  # a damaged record must not cost the rest
+        a.summary["notes"].append(f"dynamic link: unreadable telemetry/capacity.json ({e})")
+        return
+    a.summary["utilization_nominal"] = a.summary.get("utilization")
+    a.summary["utilization"] = dyn["utilization"]
+    a.summary["capacity_mean_mbps"] = dyn["capacity_mean_mbps"]
+    a.summary["dynamics"] = clean(dyn)
 
 
 class _Captures:

@@ -34,6 +34,11 @@ class Datapath:
         """Deploy the policy on the bottleneck and start telemetry into run_dir/telemetry."""
         raise NotImplementedError
 
+    def begin(self, t0_epoch: float) -> None:
+        """The flows are released at t0_epoch (a dynamic link's schedule counts from it).
+        Datapaths that apply a schedule read it from the file the run writes; nothing to do
+        here by default."""
+
     def stop(self) -> dict[str, Any]:
         """Stop, restore the testbed's baseline link, return counters for the manifest
         (e.g. updates, missed_deadlines, packets_logged, sample_rate)."""

@@ -8,6 +8,10 @@ parameters in force are the spec's aqm_args; anything else is refused before the
 run silently as something else. dummynet keeps no per-packet log: telemetry/packets/meta.json
 says so, and the router's `ipfw pipe show` / `ipfw sched show` at start and at stop are kept
 in telemetry/dummynet-{start,stop}.txt.
+
+A dynamic link (a rate or RTT schedule) runs as `ipfw pipe N config` commands at their times
+(bottleneck/schedule_commands.py builds them as data, the timer process runs them on the
+router and records how late each took effect); traces and random loss are refused here.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import policies
+from orchestrator.bottleneck import dynamic_run
 from orchestrator.bottleneck.base import Datapath
 from orchestrator.testbed.base import Testbed
 from policies.base import Policy
@@ -31,6 +36,8 @@ class DummynetDatapath(Datapath):
     def __init__(self, testbed: Testbed, seed: int | None = None) -> None:
         super().__init__(testbed, seed)
         self.tel: Path | None = None
+        self.timer: dynamic_run.HtbTimer | None = None
+        self.run_dir: Path | None = None
 
     def _router(self) -> Any:
         """The router's ssh settings, or None when it is not a host reached over SSH."""
@@ -68,6 +75,25 @@ class DummynetDatapath(Datapath):
         (self.tel / "dummynet.json").write_text(json.dumps(
             {"aqm": ssh.aqm or "fifo", "aqm_args": dict(ssh.aqm_args)}, indent=1, default=str))
         self._snapshot("start")
+        self.run_dir = Path(run_dir)
+        timeline = self.timeline(getattr(self, "duration_s", dynamic_run.DEFAULT_DURATION_S))
+        if timeline:
+            dyn = dynamic_run.of(self.testbed)
+            assert dyn is not None
+            self.timer = dynamic_run.HtbTimer(self.testbed, self.run_dir, timeline=timeline,
+                                              name="dummynet-changes")
+            self.timer.start(dyn, getattr(self, "duration_s", dynamic_run.DEFAULT_DURATION_S))
+
+    def timeline(self, duration_s: float) -> list[Any]:
+        """The run's schedule as ipfw commands for this router's pipes ([] for a static link)."""
+        from orchestrator.bottleneck.schedule_commands import dummynet_timeline
+
+        dyn = dynamic_run.of(self.testbed)
+        if dyn is None or not (dyn.varies_rate or dyn.rtt is not None):
+            return []
+        ssh = self._router()
+        return dummynet_timeline(self.testbed.bottleneck, dyn, duration_s, ssh.aqm or "fifo",
+                                 dict(ssh.aqm_args))
 
     def _snapshot(self, when: str) -> str:
         router = self.testbed.bottleneck.router
@@ -78,5 +104,7 @@ class DummynetDatapath(Datapath):
         return text
 
     def stop(self) -> dict[str, Any]:
+        timer, self.timer = self.timer, None
+        schedule = dynamic_run.finish_timer(self, timer, self.run_dir, remove_remote=True)
         self._snapshot("stop")
-        return {"datapath": self.name, "per_packet": False}
+        return {"datapath": self.name, "per_packet": False, **schedule}

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import policies
-from orchestrator.bottleneck import bpfobj
+from orchestrator.bottleneck import bpfobj, dynamic_run
 from orchestrator.bottleneck import shaping as link
 from orchestrator.bottleneck.base import Datapath
 from orchestrator.bottleneck.dualpi2_rules import per_packet_rules_missing
@@ -72,6 +72,8 @@ class EbpfDatapath(Datapath):
         self.cfg_path: str | None = None  # on the router
         self.tel: Path | None = None
         self.remote: str | None = None  # where the router writes telemetry (Testbed.workdir)
+        self.timer: dynamic_run.HtbTimer | None = None  # a dynamic link's rate changes
+        self.run_dir: Path | None = None
 
     def unsupported(self, policy: Policy) -> str | None:
         why = super().unsupported(policy)
@@ -95,8 +97,15 @@ class EbpfDatapath(Datapath):
         try:
             self._agent_cmd("setup")
             qc = policy.queue_config()
-            self._install_dualq(qc.c_protection if qc.dualq else 1.0)  # one queue: all C
+            c_share = qc.c_protection if qc.dualq else 1.0  # one queue: all C
+            self._install_dualq(c_share)
             self._start_agent(tel / "ebpf-agent.log")
+            # a dynamic link: the timer changes all three classes together, shares kept
+            self.run_dir = run_dir
+            self.timer = dynamic_run.start_timer(self, run_dir, [
+                {"parent": "1:", "classid": "1:1", "share": 1.0},
+                {"parent": "1:1", "classid": CLASS_L, "share": 1 - c_share, "prio": 0},
+                {"parent": "1:1", "classid": CLASS_C, "share": c_share, "prio": 1}])
         except BaseException:
             self.clean(self.testbed)
             raise
@@ -116,7 +125,18 @@ class EbpfDatapath(Datapath):
             "tupdate_s": qc.tupdate_s,
             **({} if qc.min_backlog_bytes is None else {"min_backlog_bytes": qc.min_backlog_bytes}),
             "out_dir": tel, "stats_file": f"{tel}/ebpf-agent-stats.json",
+            "capacity": self._capacity(tel),
         }
+
+    def _capacity(self, tel: str) -> dict[str, Any] | None:
+        """A dynamic link's rate steps, for the agent's step-marking arithmetic (RateFollower)."""
+        from orchestrator.spec.dynamic import T0_FILE
+
+        dyn = dynamic_run.of(self.testbed)
+        if dyn is None or not dyn.varies_rate:
+            return None
+        steps = dyn.capacity_steps(getattr(self, "duration_s", dynamic_run.DEFAULT_DURATION_S))
+        return {"steps": [[t, r] for t, r in steps], "t0_path": f"{tel}/{T0_FILE}"}
 
     def _sample_every(self, rate_bps: float) -> int:
         if self.sample_rate is not None:
@@ -161,6 +181,9 @@ class EbpfDatapath(Datapath):
     # ---- stop
     def stop(self) -> dict[str, Any]:
         counters: dict[str, Any] = {"datapath": self.name}
+        timer, self.timer = self.timer, None
+        if timer is not None:
+            timer.stop()
         if self.agent is not None:
             rc = self.agent.poll()
             counters["agent_died"] = rc is not None
@@ -175,6 +198,7 @@ class EbpfDatapath(Datapath):
         finally:
             self.clean(self.testbed)
             self._fetch()
+        counters.update(dynamic_run.finish_timer(self, timer, self.run_dir))
         stats = self.tel / "ebpf-agent-stats.json" if self.tel else None
         if self.agent is not None and stats is not None and stats.exists():
             counters.update(json.loads(stats.read_text()))

@@ -191,6 +191,38 @@ class StateReader:
         return max(0, mono - since) / 1e6
 
 
+class RateFollower:
+    """A dynamic link on ebpf: the kernel program turns the L queue's backlog into a sojourn
+    for step marking at the link's serialisation time per byte, so when the HTB timer
+    changes the rate, that figure follows (from the scheduled instants, every tupdate). It is
+    the datapath's own link rate, as HTB's; the policy's state keeps the nominal rate."""
+
+    def __init__(self, capacity: dict[str, Any]) -> None:
+        self.steps = [(float(t), float(r)) for t, r in capacity["steps"]]
+        self.t0_path = capacity["t0_path"]
+        self.t0: float | None = None
+        self.rate: float | None = None
+
+    def rate_at(self, t: float) -> float:
+        rate = self.steps[0][1]
+        for at, r in self.steps:
+            if at <= t:
+                rate = r
+        return rate
+
+    def update(self, maps: Any, now: float | None = None) -> None:
+        if self.t0 is None:
+            from orchestrator.spec.dynamic import read_t0
+
+            self.t0 = read_t0(self.t0_path)
+            if self.t0 is None:
+                return
+        rate = self.rate_at((time.time() if now is None else now) - self.t0)
+        if rate != self.rate:
+            maps.config["ps_per_byte"] = int(8e12 / rate)
+            self.rate = rate
+
+
 # ---------------------------------------------------------------- per-packet records
 
 
@@ -284,8 +316,12 @@ def run(cfg: dict[str, Any]) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
+    follow = RateFollower(cfg["capacity"]) if cfg.get("capacity") else None
+
     def apply(decision: Decision) -> None:
         maps.write_decision(decision)
+        if follow is not None:
+            follow.update(maps)
         log.poll()
 
     print("ebpf agent ready", flush=True)

@@ -25,8 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from orchestrator.bottleneck import dynamic_run
 from orchestrator.bottleneck import shaping as link
 from orchestrator.bottleneck.base import Datapath
+from orchestrator.bottleneck.schedule_commands import BASELINE_CLASS
 from orchestrator.errors import UserError
 from orchestrator.testbed.base import Testbed
 from policies.base import Policy
@@ -46,6 +48,8 @@ class KernelDatapath(Datapath):
         self.poller: threading.Thread | None = None
         self.writer: PartWriter | None = None
         self.last: dict[str, Any] = {}
+        self.timer: dynamic_run.HtbTimer | None = None  # a dynamic link's rate changes
+        self.run_dir: Path | None = None
 
     def unsupported(self, policy: Policy) -> str | None:
         why = super().unsupported(policy)
@@ -80,6 +84,8 @@ class KernelDatapath(Datapath):
                                                       "qdisc": QDISC_OF[policy.name]})
         self.poller = threading.Thread(target=self._poll, name="qdisc-poll", daemon=True)
         self.poller.start()
+        self.run_dir = run_dir
+        self.timer = dynamic_run.start_timer(self, run_dir, [dict(BASELINE_CLASS)])
 
     def _poll(self) -> None:
         next_t = time.monotonic()
@@ -102,13 +108,15 @@ class KernelDatapath(Datapath):
         return None if leaf is None else flat_stats(leaf, time.time())
 
     def stop(self) -> dict[str, Any]:
+        timer, self.timer = self.timer, None
+        schedule = dynamic_run.finish_timer(self, timer, self.run_dir, remove_remote=True)
         self.stop_poll.set()
         if self.poller is not None:
             self.poller.join(5)
         if self.writer is not None:
             self.writer.close()
         self.clean(self.testbed)
-        return {"datapath": self.name, "per_packet": False,
+        return {"datapath": self.name, "per_packet": False, **schedule,
                 **{k: v for k, v in self.last.items() if k != "t"}}
 
     @classmethod

@@ -85,10 +85,31 @@ class NfqueueDatapath(Datapath):
             "buffer_in": getattr(bn, "buffer_in", "packets"),
             # the kernel's receive timestamp is the arrival, unless a delay line holds the
             # packets between the receive and us (nfqueue_link.py explains)
-            "kernel_timestamps": not (bn.delay_mode == "nfqueue" and bn.forward_delay_s > 0),
+            "kernel_timestamps": not (bn.delay_mode == "nfqueue" and (bn.forward_delay_s > 0 or any(
+                f > 0 for _, f, _ in (self.testbed.extra.get("delay_schedule") or {}).get("steps", [])))),
             "telemetry_dir": tel,
             "counters_path": f"{tel}/nfqueue-counters.json",
+            **self._dynamic_config(),
         }
+
+    def _dynamic_config(self) -> dict[str, Any]:
+        """A dynamic link: the schedule or trace (applied per packet from the run's t0), the
+        highest rate (for the log's sampling) and random loss."""
+        from orchestrator.bottleneck import dynamic_run
+
+        dyn = dynamic_run.of(self.testbed)
+        if dyn is None or not dyn.dynamic:
+            return {}
+        assert self.run_dir is not None
+        out: dict[str, Any] = {}
+        sched = dyn.nfqueue_config(dynamic_run.t0_path(self.testbed, self.run_dir))
+        if sched is not None:
+            duration = getattr(self, "duration_s", dynamic_run.DEFAULT_DURATION_S)
+            out["schedule"] = sched
+            out["max_rate_bps"] = max(r for _, r in dyn.capacity_steps(duration))
+        if dyn.loss is not None:
+            out["loss"] = dyn.loss.to_dict()
+        return out
 
     def _wait_ready(self) -> None:
         assert self.proc is not None and self.log_path is not None

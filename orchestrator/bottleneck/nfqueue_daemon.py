@@ -23,6 +23,7 @@ from typing import Any
 from orchestrator.bottleneck.dualq import WIRE_MTU
 from orchestrator.bottleneck.nfqueue_link import Controller, Link, buffer_limits, sample_rate
 from orchestrator.bottleneck.packetlog import PacketLog
+from orchestrator.bottleneck.service import make_loss, make_service, write_capacity
 
 
 def set_timer_slack(ns: int = 1000) -> None:
@@ -112,7 +113,15 @@ class LinkDaemon:
         self.link = Link(config["rate_bps"], qcfg, limit_pkts, limit_bytes, self.policy,
                          self.log, self.offset, self.start,
                          qcfg.min_backlog_bytes if qcfg.min_backlog_bytes is not None
-                         else config.get("min_backlog_bytes", 2 * WIRE_MTU))
+                         else config.get("min_backlog_bytes", 2 * WIRE_MTU), loss=make_loss(config))
+        # a schedule starts when the run writes its t0 (the flows' release); until then the
+        # link holds the schedule's first rate
+        self.schedule = config.get("schedule")
+        self.t0_epoch: float | None = None
+        if self.schedule:
+            self.link.sec_per_byte = 8.0 / float(self.schedule["initial_rate_bps"])
+            if self.schedule.get("t0_epoch") is not None:
+                self._begin(float(self.schedule["t0_epoch"]))
         loop = ControlLoop(self.policy, qcfg.tupdate_s, tel / "control")
         self.control = Controller(loop, self.link, self.start, self.offset)
         self.clock = ArrivalClock(bool(config.get("kernel_timestamps", True)))
@@ -172,6 +181,8 @@ class LinkDaemon:
             if now >= control.next:
                 control.tick(now)
                 self.clock.refresh()
+                if self.schedule and self.t0_epoch is None:
+                    self._poll_t0()
             if now >= next_flush:
                 log.flush()
                 next_flush = now + log.flush_s
@@ -184,6 +195,17 @@ class LinkDaemon:
     def _stop(self, *_: Any) -> None:
         self.stopping = True
 
+    def _begin(self, t0_epoch: float) -> None:
+        self.t0_epoch = t0_epoch
+        self.link.service = make_service(self.config, self.offset, t0_epoch)
+
+    def _poll_t0(self) -> None:
+        from orchestrator.spec.dynamic import read_t0
+
+        t0 = read_t0(self.schedule["t0_path"])
+        if t0 is not None:
+            self._begin(t0)
+
     def _finish(self, nfq: Any, num: int, rc: int) -> None:
         import resource
 
@@ -191,6 +213,8 @@ class LinkDaemon:
         flushed = self.link.flush_all()
         nfq.unbind()
         control = self.control.close()
+        self.link.state(time.monotonic())  # a last capacity sample
+        write_capacity(self.config, self.link, self.t0_epoch, time.time())
         counters = {"datapath": "nfqueue", "exit_code": rc, **self.limits,
                     **self.link.counters(), "released_at_exit": flushed,
                     "updates": control["updates"], "missed_deadlines": control["missed"],

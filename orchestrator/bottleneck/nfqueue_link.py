@@ -19,6 +19,14 @@ queue 10. This process
      decision, and
   6. logs every packet (or a sample at high packet rates) to Parquet parts.
 
+A dynamic link (config `schedule`, see spec/schedule.py) replaces the fixed rate by a
+service model in the same virtual clock: a rate schedule sets the service rate at its stated
+times (a packet in flight at a change finishes at the new rate), a Mahimahi trace releases
+packets at its delivery opportunities exactly as mm-link does. Random loss (config `loss`)
+drops a packet after it crossed the link, on its own seeded stream. The policy never sees the
+schedule: its state's link_rate_bps stays the nominal rate the run started with, and it must
+infer changes from what a router measures (departure rate, backlog, sojourn).
+
 The link runs in virtual time: a packet starts when the link is free and its head-of-line turn
 comes, whatever the moment this process gets to it, so when this process is late (the machine
 is busy) releases are late but the rate and the sojourn the link accounts stay those of the
@@ -84,9 +92,15 @@ class Link:
     def __init__(self, rate_bps: float, qcfg: QueueConfig, limit_pkts: float, limit_bytes: float,
                  policy: Policy | None = None, log: PacketLog | None = None,
                  epoch_offset: float = 0.0, start: float = 0.0,
-                 min_backlog_bytes: float = 2 * WIRE_MTU) -> None:
-        self.rate_bps = rate_bps
+                 min_backlog_bytes: float = 2 * WIRE_MTU, service: Any = None,
+                 loss: Any = None) -> None:
+        self.rate_bps = rate_bps  # nominal: what the policy's state says, whatever the schedule
         self.sec_per_byte = 8.0 / rate_bps
+        # a schedule.RateService / TraceService (None: the fixed rate, on the fast path)
+        self.service = service
+        self.loss = loss  # a loss.Loss, applied after the link
+        self.link_losses = 0
+        self.capacity: list[tuple[float, float]] = []  # (epoch, bit/s in force), per state()
         self.queue = DualQueue(qcfg.dualq, qcfg.c_protection)
         self.limit_pkts, self.limit_bytes = limit_pkts, limit_bytes
         # Like sch_dualpi2 and PIE (RFC 8033 sec. 5.1): no probabilistic drop or mark while
@@ -181,7 +195,11 @@ class Link:
             if self.inflight is not None:
                 if self.free_at > now:
                     return self.free_at
-                self.inflight.accept()
+                if self.loss is not None and self.loss.lose():
+                    self.inflight.drop()  # lost on the link after using its capacity
+                    self.link_losses += 1
+                else:
+                    self.inflight.accept()
                 self._lateness(now - self.free_at)
                 self.inflight = None
             got = q.pop(self.free_at, horizon)
@@ -192,7 +210,10 @@ class Link:
             if action == DROP:
                 self._drop(pkt, t_arr, cls, ecn, data)
                 continue
-            self.free_at = start + size * self.sec_per_byte
+            if self.service is None:
+                self.free_at = start + size * self.sec_per_byte
+            else:  # a trace may make the packet wait for its delivery opportunity
+                start, self.free_at = self.service.send(start, size)
             self.inflight = pkt
             iv = self.iv
             sojourn = start - t_arr
@@ -243,6 +264,8 @@ class Link:
         iv, self.iv = self.iv, Interval()
         dt = max(now - self.last_state, 1e-9)
         self.last_state = now
+        if self.service is not None:
+            self.capacity.append((now + self.offset, self.service.rate_at(now)))
         classes = []
         for cls in (L, C):
             n = iv.dep_pkts[cls]
@@ -280,6 +303,7 @@ class Link:
         out: dict[str, Any] = {k: dict(zip(CLS_NAMES, v, strict=True)) for k, v in self.totals.items()}
         out.update(overflow_drops=self.overflow, syn_exempt=self.syn_exempt,
                    step_marks=self.step_marks, max_backlog_pkts=self.max_backlog,
+                   link_losses=self.link_losses,
                    release_late_ms_mean=self.late_sum / max(self.releases, 1) * 1e3,
                    release_late_ms_max=self.late_max * 1e3, releases=self.releases,
                    releases_late_1ms=self.late_over[0], releases_late_5ms=self.late_over[1],
@@ -364,5 +388,5 @@ def sample_rate(config: dict[str, Any]) -> float:
     above that, a uniform random sample (the rate goes into meta.json)."""
     if config.get("sample_rate"):
         return float(config["sample_rate"])
-    pps = config["rate_bps"] / (8 * WIRE_MTU)
+    pps = config.get("max_rate_bps", config["rate_bps"]) / (8 * WIRE_MTU)
     return min(1.0, config.get("log_max_pps", 20000) / pps)

@@ -70,7 +70,8 @@ def start_delay(tb: Testbed) -> None:
     bn = tb.bottleneck
     if bn.delay_mode == "netem":
         run_steps(tb, netem_commands(bn, tb.hosts))
-    elif bn.forward_delay_s > 0 or bn.reverse_delay_s > 0 or bn.extra_delay_s:
+    elif bn.forward_delay_s > 0 or bn.reverse_delay_s > 0 or bn.extra_delay_s or \
+            tb.extra.get("delay_schedule"):
         _delay_line(tb)
 
 
@@ -102,15 +103,21 @@ def delay_comment(tb: Testbed) -> str:
 
 def delay_config(tb: Testbed) -> dict:
     bn = tb.bottleneck
-    return {"base_s": {str(DELAY_QUEUE_FORWARD): bn.forward_delay_s,
-                       str(DELAY_QUEUE_REVERSE): bn.reverse_delay_s},
-            "extra_s": {ip: 2 * d for ip, d in bn.extra_delay_s.items()}}
+    out = {"base_s": {str(DELAY_QUEUE_FORWARD): bn.forward_delay_s,
+                      str(DELAY_QUEUE_REVERSE): bn.reverse_delay_s},
+           "extra_s": {ip: 2 * d for ip, d in bn.extra_delay_s.items()}}
+    schedule = tb.extra.get("delay_schedule")  # a run's rtt schedule (bottleneck/dynamic_run.py)
+    if schedule:
+        out.update(schedule=schedule, applied_path=schedule["applied_path"])
+    return out
 
 
 def delay_rules(tb: Testbed) -> list[list[str]]:
     """The mangle FORWARD rules (without -A/-D) that send both directions to the delay line."""
     bn = tb.bottleneck
-    pairs = [(dev, DELAY_QUEUE_FORWARD) for dev in bn.ingress] if bn.forward_delay_s > 0 else []
+    schedule = tb.extra.get("delay_schedule")
+    forward = bn.forward_delay_s > 0 or (schedule and any(f > 0 for _, f, _ in schedule["steps"]))
+    pairs = [(dev, DELAY_QUEUE_FORWARD) for dev in bn.ingress] if forward else []
     pairs.append((bn.egress, DELAY_QUEUE_REVERSE))
     return [["FORWARD", "-i", dev, "-m", "comment", "--comment", delay_comment(tb), "-j", "NFQUEUE",
              "--queue-num", str(q), "--queue-bypass"] for dev, q in pairs]

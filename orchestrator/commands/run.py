@@ -82,7 +82,8 @@ def run(policy: str | None, datapath: str | None, scenario_file: str | None, dur
         sweep_dir = sweep.create(Path(results_root), scenario, config, repeat)
     with RunProgress() as progress:
         runs = sweep.execute(tb, sweep_dir, progress.update,
-                             on_run=lambda d: progress.log(f"done: {d}"))
+                             on_run=lambda d: progress.log(f"done: {d}"),
+                             on_warning=lambda w: click.echo(f"warning: {w}", err=True))
     for run_dir in runs:
         print_summary(run_dir, as_json)
     if not as_json:  # every point in one table: D_SS per flow and Jain (analysis/steady.py)
@@ -98,6 +99,8 @@ def _single(tb: Any, scenario: Any, config: Any, root: Path, as_json: bool) -> N
 
     config.results_root = root
     run_ = Run(tb, scenario, config)
+    for warning in run_.warnings:
+        click.echo(f"warning: {warning}", err=True)
     try:
         with RunProgress(total_s=run_.scenario.duration_s) as progress:
             run_dir = run_.execute(progress.update)

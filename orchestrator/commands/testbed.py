@@ -19,11 +19,17 @@ def up(file: str) -> None:
     """Build the testbed described by FILE (YAML)."""
     from orchestrator.spec import schema
 
-    tb = providers.up(schema.load(file))
+    spec = schema.load(file)
+    tb = providers.up(spec)
     bn = tb.bottleneck
     click.echo(f"testbed {tb.name!r} is up: {len(tb.hosts)} hosts, bottleneck {bn.router}:{bn.egress} "
                f"{bn.rate_bps / 1e6:g} Mbit/s, base RTT {bn.rtt_s * 1e3:g} ms, "
                f"buffer {bn.buffer_pkts} packets, delay by {bn.delay_mode}")
+    dyn = spec.bottleneck.dynamics()
+    if dyn.dynamic:  # the figures above are the nominal ones; runs apply the schedule
+        from orchestrator.spec.dynamic import describe
+
+        click.echo(f"the link changes during each run: {describe(dyn)}")
 
 
 @click.command()

@@ -87,8 +87,32 @@ def print_summary(run_dir: Path, as_json: bool = False) -> None:
               f"   Jain(D_SS) {_fmt(summary.get('jain_d_ss'), 3)}"
               f"   L4S/classic rate ratio {_fmt(summary.get('l4s_classic_rate_ratio'))}"
               f"   missed deadlines {_fmt(summary.get('missed_deadlines'))}")
+    dyn = summary.get("dynamics")
+    if dyn and dyn.get("changes"):
+        out.print(dynamics_table(dyn))
     report = run_dir / "report.html"
     out.print(f"results: {run_dir}" + (f"\nreport:  {report}" if report.exists() else ""))
+
+
+def dynamics_table(dyn: dict[str, Any]) -> Table:
+    """Per capacity change: peak delay per class and classic drain time after a drop, the
+    time back to 90% utilisation after a rise ('>=' when not within the interval)."""
+    mean, target = _fmt(dyn.get("capacity_mean_mbps"), 1), _fmt(dyn.get("target_ms"), 0)
+    table = Table(title=f"dynamic link: capacity changes (mean capacity {mean} Mbit/s, target {target} ms)")
+    for col in ("t s", "change Mbit/s", "peak L4S ms", "peak classic ms", "classic drain s",
+                "back to 90% s"):
+        table.add_column(col, justify="right")
+    for c in dyn["changes"]:
+        peak = c.get("peak_delay_ms") or {}
+        drain = _bound(c.get("drain_s"), c.get("drained")) if c.get("kind") == "drop" else "-"
+        rec = _bound(c.get("recovery_s"), c.get("recovered")) if c.get("kind") == "rise" else "-"
+        table.add_row(_fmt(c.get("t"), 1), f"{_fmt(c.get('from_mbps'), 0)} -> {_fmt(c.get('to_mbps'), 0)}",
+                      _fmt(peak.get("l4s"), 1), _fmt(peak.get("classic"), 1), drain, rec)
+    return table
+
+
+def _bound(value: Any, reached: Any) -> str:
+    return _fmt(value) if reached else f">= {_fmt(value)}"
 
 
 def render_status(info: dict[str, Any]) -> str:

@@ -38,6 +38,33 @@ class Mix(BaseModel):
     udp_share: float = Field(0.3, gt=0, le=2.0)  # their total rate, as a share of the link
 
 
+class Dynamic(BaseModel):
+    """How the link changes in a scenario: a schedule relative to the point's own rate and RTT
+    (factors at times), a trace (relative to the matrix file), random loss; or nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    rate_factors: list[tuple[str, float]] | None = None  # [(time, factor of the point's rate)]
+    rtt_factors: list[tuple[str, float]] | None = None
+    trace: str | None = None
+    loss: str | float | dict[str, Any] | None = None
+
+    def link(self, rate: str, rtt: str) -> dict[str, Any]:
+        """The link mapping (spec/dynamic.py) for a point's rate and RTT."""
+        out: dict[str, Any] = {}
+        if self.rate_factors:
+            bps = units.rate_bps(rate)
+            out["rate"] = [{"at": t, "rate": f"{bps * f:.0f}bit"} for t, f in self.rate_factors]
+        if self.rtt_factors:
+            ms = units.seconds(rtt) * 1e3
+            out["rtt"] = [{"at": t, "rtt": f"{ms * f:.3f}ms"} for t, f in self.rtt_factors]
+        if self.trace:
+            out["trace"] = self.trace
+        if self.loss is not None:
+            out["loss"] = self.loss
+        return out
+
+
 class Matrix(BaseModel):
     model_config = ConfigDict(extra="forbid")
     duration: str = "15s"
@@ -49,6 +76,7 @@ class Matrix(BaseModel):
     rtt: list[str] = ["5ms", "20ms", "50ms", "100ms"]
     buffer: list[str | int] = ["1.5bdp", "4bdp"]
     mixes: list[Mix]
+    dynamics: list[Dynamic] = [Dynamic(name="static")]  # links that change during the run
     sample: int = Field(16, ge=0)  # scenarios drawn from the cross product (0: all)
     held_out: int = Field(3, ge=0)  # of those, kept out of the pool for evaluation
 
@@ -59,6 +87,13 @@ def load_matrix(path: str | Path) -> Matrix:
         _check(path, f"rate[{i}]", units.rate_bps, rate)
     for i, rtt in enumerate(matrix.rtt):
         _check(path, f"rtt[{i}]", units.seconds, rtt)
+    from orchestrator.spec.dynamic import check_mapping, with_absolute_trace
+
+    for i, dyn in enumerate(matrix.dynamics):
+        if dyn.trace:
+            matrix.dynamics[i] = dyn = dyn.model_copy(update={
+                "trace": with_absolute_trace({"trace": dyn.trace}, Path(path).parent)["trace"]})
+        check_mapping(dyn.link(matrix.rate[0], matrix.rtt[0]), "/", str(path), f"dynamics[{i}].")
     if matrix.held_out >= max(matrix.sample, 1) and matrix.sample:
         raise SpecError(str(path), "held_out", "expected fewer held-out scenarios than 'sample'")
     return matrix
@@ -75,16 +110,23 @@ def _check(path: str | Path, key: str, parse: Callable[[Any], float], value: Any
 def plan(matrix: Matrix) -> list[dict[str, Any]]:
     """Scenario points: name, link settings, mix, behaviour, and whether it is held out."""
     rng = random.Random(matrix.seed)
-    grid = list(itertools.product(matrix.rate, matrix.rtt, matrix.buffer, matrix.mixes))
+    from orchestrator.spec.dynamic import parse
+
+    grid = list(itertools.product(matrix.rate, matrix.rtt, matrix.buffer, matrix.mixes, matrix.dynamics))
     if matrix.sample:
         grid = rng.sample(grid, min(matrix.sample, len(grid)))
     held = set(rng.sample(range(len(grid)), min(matrix.held_out, len(grid))))
     out = []
-    for i, (rate, rtt, buffer, mix) in enumerate(grid):
-        out.append({"name": f"{rate}-{rtt}-{buffer}-{mix.name}", "rate": rate, "rtt": rtt,
+    for i, (rate, rtt, buffer, mix, dyn) in enumerate(grid):
+        link_map = dyn.link(rate, rtt)
+        dynamics = parse(link_map) if link_map else None
+        if dynamics is not None and dynamics.varies_rate:  # the static parts use its nominal rate
+            rate = units.fmt_rate(dynamics.nominal_rate_bps())
+        suffix = "" if dynamics is None else f"-{dyn.name}"
+        out.append({"name": f"{rate}-{rtt}-{buffer}-{mix.name}{suffix}", "rate": rate, "rtt": rtt,
                     "buffer": buffer, "mix": mix.model_dump(), "held_out": i in held,
                     "behaviour": matrix.behaviours[i % len(matrix.behaviours)], "seed": matrix.seed + i,
-                    "run": None})
+                    "link_dynamics": dynamics.to_json() if dynamics is not None else None, "run": None})
     return out
 
 
@@ -126,6 +168,12 @@ def start(matrix_path: str | Path, out: Path) -> dict[str, Any]:
     return state
 
 
+def _no_override(point: dict[str, Any]) -> dict[str, Any]:
+    """The point's dynamics; an empty mapping (not None) for a static point, so the run does
+    not pick up the testbed file's own schedule: the matrix says what every point's link is."""
+    return point.get("link_dynamics") or {}
+
+
 def collect(tb: Testbed, out: Path, progress: Callable[[str, float], None] | None = None) -> Path:
     """Run every training scenario not yet run; write <out>/pool.parquet."""
     from policies.aqm_llm.dataset import build_pool
@@ -138,7 +186,7 @@ def collect(tb: Testbed, out: Path, progress: Callable[[str, float], None] | Non
             continue
         config = RunConfig(policy=point["behaviour"], datapath=matrix.datapath, seed=point["seed"],
                            results_root=out / "runs", explore=matrix.exploration,
-                           label={"scenario": point["name"]})
+                           label={"scenario": point["name"]}, link_dynamics=_no_override(point))
         run_point(points, i, Run(tb, scenario_of(point, tb, matrix.duration), config), _link(point),
                   progress)
     runs = [out / "runs" / p["run"] for p in points.points() if is_complete(p) and not p["held_out"]]
@@ -160,7 +208,8 @@ def evaluate(tb: Testbed, out: Path, policies: list[tuple[str, dict[str, Any]]],
                 continue
             config = RunConfig(policy=name, policy_args=args, datapath=matrix.datapath,
                                seed=1000 + rep, results_root=out / "eval",
-                               label={"scenario": point["name"], "repeat": rep})
+                               label={"scenario": point["name"], "repeat": rep},
+                               link_dynamics=_no_override(point))
             run = Run(tb, scenario_of(point, tb, matrix.duration), config)
             index = evaluations.append({"scenario": point["name"], "policy": name, "repeat": rep,
                                         "run": None, "status": "pending"})

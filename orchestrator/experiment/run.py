@@ -8,6 +8,7 @@ collected stays readable.
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import signal
@@ -25,6 +26,9 @@ from orchestrator.testbed.base import Testbed
 
 Progress = Callable[[str, float], None]  # (phase, seconds left or -1)
 
+SAID: set[str] = set()  # warnings already given in this process
+
+
 @dataclass
 class RunConfig:
     policy: str
@@ -35,6 +39,8 @@ class RunConfig:
     results_root: Path | None = None
     label: dict[str, Any] = field(default_factory=dict)  # sweep point, for the manifest
     explore: dict[str, float] | None = None  # exploration noise (policies.explore), for collect
+    # a link that changes during the run (spec/dynamic.py, LinkDynamics.to_json)
+    link_dynamics: dict[str, Any] | None = None
 
 
 def with_duration(scenario: Scenario, duration_s: float | None) -> Scenario:
@@ -65,10 +71,24 @@ class Run:
         from orchestrator import workloads
 
         workloads.validate(testbed, self.scenario.flows, self.scenario.duration_s)
+        from orchestrator.bottleneck import dynamic_run
+        from orchestrator.spec import dynamic
+
+        self.link_static: dict[str, Any] = {}
+        self.link_seen: Any = None
+        if config.link_dynamics is None:  # the testbed file's link, with the scenario's override
+            config.link_dynamics, self.link_static = dynamic_run.for_run(testbed, self.scenario)
+        self.dynamics = dynamic.LinkDynamics.from_json(config.link_dynamics) if config.link_dynamics else None
+        # said once per process: a sweep of ten points warns about its schedule once
+        said = dynamic_run.check(self.dynamics, config.datapath, self.scenario.duration_s)
+        self.warnings = [w for w in said if w not in SAID]
+        SAID.update(self.warnings)
+        self.datapath.duration_s = self.scenario.duration_s
         self.dir: Path | None = None
 
     def manifest(self, status: str, **extra: Any) -> dict[str, Any]:
-        bn = self.tb.bottleneck
+        # the link as the run had it (a scenario's `link:` sets it for the run only)
+        bn = self.link_seen or self.tb.bottleneck
         return {
             "run_id": self.dir.name if self.dir else None, "status": status, "pid": os.getpid(),
             "policy": self.policy.name, "policy_args": _params(self.policy),
@@ -80,12 +100,14 @@ class Run:
             "rtt_ms": bn.rtt_s * 1e3, "buffer_pkts": bn.buffer_pkts, "buffer_bytes": bn.buffer_bytes,
             "flows": [f.model_dump(mode="json") for f in self.scenario.flows],
             "sweep_point": self.config.label, "explore": self.config.explore,
+            "link_dynamics": self.config.link_dynamics,
             "versions": results.versions(), **extra,
         }
 
     def execute(self, progress: Progress | None = None) -> Path:
         """Run it; return the run directory. Raises KeyboardInterrupt after cleaning up."""
         from orchestrator import workloads
+        from orchestrator.bottleneck import dynamic_run
         from orchestrator.experiment.capture import Capture
 
         progress = progress or (lambda phase, left: None)
@@ -97,16 +119,23 @@ class Run:
         restore = _interrupt_on_sigterm()
         try:
             progress("deploying policy", -1)
-            self.datapath.start(self.policy, self.dir)
-            try:
-                with Capture(self.tb, self.dir):
-                    workloads.run_flows(self.tb, self.scenario.flows, self.dir,
-                                        self.scenario.duration_s,
-                                        on_progress=lambda done, total: progress("traffic",
-                                                                                 total - done))
-            finally:
-                progress("stopping", -1)
-                counters = self.datapath.stop() or {}
+            run_dir = self.dir
+            with dynamic_run.applied(self.tb, self.dynamics, run_dir, self.scenario.duration_s,
+                                     self.link_static):
+                self.link_seen = copy.copy(self.tb.bottleneck)
+                self.datapath.start(self.policy, self.dir)
+                try:
+                    with Capture(self.tb, self.dir):
+                        workloads.run_flows(self.tb, self.scenario.flows, self.dir,
+                                            self.scenario.duration_s,
+                                            on_progress=lambda done, total: progress("traffic",
+                                                                                     total - done),
+                                            on_t0=None if self.dynamics is None else
+                                            lambda t0: dynamic_run.begin(self.tb, run_dir, t0),
+                                            t0_lead_s=dynamic_run.t0_lead(self.tb, self.dynamics))
+                finally:
+                    progress("stopping", -1)
+                    counters = self.datapath.stop() or {}
             status = "complete"
         except KeyboardInterrupt:
             reason = "interrupted"

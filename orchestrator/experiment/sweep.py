@@ -33,7 +33,7 @@ def create(root: Path, scenario: Scenario, base: RunConfig, repeat: int) -> Path
     sweep_dir = root / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep_dir.mkdir(parents=True)
     results.write_json(sweep_dir / "sweep.json", {
-        "scenario": scenario.model_dump(mode="json"),
+        "scenario": scenario.model_dump(mode="json"), "scenario_source": scenario._source,
         "base": {"policy": base.policy, "datapath": base.datapath, "policy_args": base.policy_args,
                  "duration_s": base.duration_s},
         "points": points(scenario.sweep or {"policy": [base.policy]}, repeat, base.seed)})
@@ -47,11 +47,13 @@ def pending(sweep_dir: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def execute(tb: Testbed, sweep_dir: Path, progress: Progress | None = None,
-            on_run: Callable[[Path], None] | None = None) -> list[Path]:
+            on_run: Callable[[Path], None] | None = None,
+            on_warning: Callable[[str], None] | None = None) -> list[Path]:
     """Run every pending point, each on the link it sets (the testbed's own link after)."""
     points = PointFile(sweep_dir / "sweep.json")
     data = points.read()
     scenario = Scenario.model_validate(data["scenario"])
+    scenario._source = data.get("scenario_source", "")
     base = data["base"]
     done = []
     for i, p in pending(sweep_dir):
@@ -60,7 +62,13 @@ def execute(tb: Testbed, sweep_dir: Path, progress: Progress | None = None,
                            datapath=point.get("datapath", base["datapath"]),
                            policy_args=base["policy_args"], duration_s=base["duration_s"],
                            seed=p["seed"], results_root=sweep_dir, label=point)
-        run_dir = run_point(points, i, Run(tb, scenario, config), point, progress)
+        # a swept link mapping stands in for the scenario's own `link:`
+        here = scenario.model_copy(update={"link": point["link"]}) if "link" in point else scenario
+        here._source = scenario._source
+        run = Run(tb, here, config)
+        for warning in run.warnings if on_warning else ():
+            on_warning(warning)
+        run_dir = run_point(points, i, run, point, progress)
         done.append(run_dir)
         if on_run:
             on_run(run_dir)

@@ -7,9 +7,10 @@ The workloads package interprets it; nothing here starts a process.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator, model_validator
 
 from orchestrator.errors import SpecError
 from orchestrator.spec import units
@@ -109,8 +110,13 @@ class Scenario(BaseModel):
     policy: str | None = None
     datapath: str | None = None
     policy_args: dict[str, Any] = {}
-    # lists of values to sweep: keys 'policy', 'rate', 'rtt', 'buffer', 'datapath'
+    # lists of values to sweep: keys 'policy', 'rate', 'rtt', 'buffer', 'datapath', and 'link'
+    # (link mappings, like `link:` below: schedules, traces, loss)
     sweep: dict[str, list[Any]] = {}
+    # the bottleneck for this scenario's runs, over the testbed file's: rate (or a schedule),
+    # trace, rtt (or a schedule), buffer, loss (spec/dynamic.py); restored after the run
+    link: dict[str, Any] | None = None
+    _source: str = PrivateAttr("")  # the file it came from, for errors found at run time
 
     @field_validator("duration")
     @classmethod
@@ -125,6 +131,12 @@ class Scenario(BaseModel):
 
     def check(self, roles: dict[str, str], source: str, prefix: str = "scenario.") -> None:
         """Cross-checks against the testbed: `roles` is each host's role (Spec.roles)."""
+        if self.link is not None:
+            from pathlib import Path
+
+            from orchestrator.spec.dynamic import check_mapping
+
+            check_mapping(self.link, Path(source).parent, source, f"{prefix}link.")
         names = roles
         seen: set[str] = set()
         for i, flow in enumerate(self.flows):
@@ -151,11 +163,19 @@ class Scenario(BaseModel):
                 if key[6:] not in names or names[key[6:]] == "router":
                     raise SpecError(source, f"{prefix}sweep.{key}",
                                     f"expected delay.<sender or receiver>, got unknown host {key[6:]!r}")
-            elif key not in SWEEP_CHECKS:
+            elif key not in SWEEP_CHECKS and key != "link":
                 raise SpecError(source, f"{prefix}sweep.{key}", "unknown sweep key (expected policy, rate, "
-                                "rtt, buffer, datapath or delay.<host>)")
+                                "rtt, buffer, datapath, link or delay.<host>)")
             if not values:
                 raise SpecError(source, f"{prefix}sweep.{key}", "expected a non-empty list")
+            if key == "link":
+                from pathlib import Path
+
+                from orchestrator.spec.dynamic import check_mapping
+
+                for j, value in enumerate(values):
+                    check_mapping(value, Path(source).parent, source, f"{prefix}sweep.link[{j}].")
+                continue
             for j, value in enumerate(values):
                 try:
                     SWEEP_CHECKS.get(key, _check_delay)(value)
@@ -196,6 +216,21 @@ def load(path: str, roles: dict[str, str]) -> Scenario:
         data, prefix = data["scenario"], "scenario."
     if not isinstance(data, dict):
         raise SpecError(path, prefix.rstrip("."), "expected a mapping with 'flows'")
+    data = absolute_traces(data, Path(path).parent)
     scenario = validate(Scenario, data, path, prefix)
     scenario.check(roles, path, prefix)
+    scenario._source = path
     return scenario
+
+
+def absolute_traces(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A trace in `link:` or in `sweep.link` is named relative to the scenario's file: make it
+    absolute, so the scenario means the same in a sweep file or a manifest."""
+    from orchestrator.spec.dynamic import with_absolute_trace
+
+    if "link" in data:
+        data = {**data, "link": with_absolute_trace(data["link"], base)}
+    sweep = data.get("sweep")
+    if isinstance(sweep, dict) and isinstance(sweep.get("link"), list):
+        data = {**data, "sweep": {**sweep, "link": [with_absolute_trace(v, base) for v in sweep["link"]]}}
+    return data

@@ -5,16 +5,17 @@ Every error names the file, the key path (``links[2].b``) and what was expected.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from orchestrator.errors import SpecError
 from orchestrator.spec import units
-from orchestrator.spec.load import load_model, parse_yaml, validate
+from orchestrator.spec.load import parse_yaml, read_yaml, validate
 from orchestrator.spec.names import HOST_NAME, TESTBED_NAME
 from orchestrator.spec.scenario import Scenario
 from orchestrator.spec.ssh import SshHost, SshSettings, Strict
@@ -69,25 +70,32 @@ class DelaySpec(Strict):
 
 
 class BottleneckSpec(Strict):
-    rate: str
-    rtt: str | None = None
+    # a rate, or a schedule of steps; or `trace: FILE` instead (spec/dynamic.py)
+    rate: str | list[Any] | None = None
+    trace: str | None = None
+    rtt: str | list[Any] | None = None  # a time, or a schedule of steps
     delay: DelaySpec | None = None
     buffer: str | int = "1.5bdp"
     delay_mode: Literal["auto", "netem", "nfqueue"] = "auto"
+    loss: str | float | dict[str, Any] | None = None  # random loss (nfqueue datapath)
 
     @field_validator("rate")
     @classmethod
-    def _rate(cls, v: str) -> str:
-        if units.rate_bps(v) <= 0:
+    def _rate(cls, v: str | list[Any] | None) -> str | list[Any] | None:
+        if isinstance(v, str) and units.rate_bps(v) <= 0:
             raise ValueError(f"expected a positive rate like '50mbit', got {v!r}")
         return v
 
     @field_validator("rtt")
     @classmethod
-    def _rtt(cls, v: str | None) -> str | None:
-        if v is not None and units.seconds(v) < 0:
+    def _rtt(cls, v: str | list[Any] | None) -> str | list[Any] | None:
+        if isinstance(v, str) and units.seconds(v) < 0:
             raise ValueError(f"expected a non-negative time like '20ms', got {v!r}")
         return v
+
+    def dynamics(self, source: str = "", prefix: str = "") -> Any:
+        """The link's changes during a run (a bottleneck.dynamic.LinkDynamics)."""
+        return _dynamics_of(self.model_dump_json(include={"rate", "trace", "rtt", "loss"}), source, prefix)
 
     @field_validator("buffer")
     @classmethod
@@ -97,7 +105,10 @@ class BottleneckSpec(Strict):
 
     @property
     def rate_bps(self) -> float:
-        return units.rate_bps(self.rate)
+        """The nominal rate: as given, or a schedule's first value, or a trace's mean."""
+        if isinstance(self.rate, str):
+            return units.rate_bps(self.rate)
+        return self.dynamics().nominal_rate_bps()
 
     @property
     def forward_s(self) -> float:
@@ -111,6 +122,8 @@ class BottleneckSpec(Strict):
         # fewer packets, which matters for a userspace delay line.
         if self.delay is not None:
             return units.seconds(self.delay.reverse)
+        if isinstance(self.rtt, list):  # a schedule: its first value
+            return self.dynamics().rtt.initial
         return units.seconds(self.rtt) if self.rtt is not None else 0.0
 
     @property
@@ -122,6 +135,17 @@ class BottleneckSpec(Strict):
 
     def buffer_pkts(self, mtu: int = 1500) -> int:
         return units.buffer_size(self.buffer, self.rate_bps, self.rtt_s, mtu)[0]
+
+
+@functools.lru_cache(maxsize=32)
+def _dynamics_of(fields_json: str, source: str, prefix: str) -> Any:
+    """Parsed once per distinct bottleneck (a trace file is read once, not per property)."""
+    import json
+
+    from orchestrator.spec import dynamic
+
+    data = {k: v for k, v in json.loads(fields_json).items() if v is not None}
+    return dynamic.parse(data, "/", source, prefix)
 
 
 class LinkSpec(Strict):
@@ -198,20 +222,45 @@ class Spec(Strict):
 
 def load(path: str | Path) -> Spec:
     """Read and validate a testbed file. Raises SpecError for anything wrong with it."""
-    return _checked(load_model(path, Spec, source_key="source",
-                               what="a mapping with keys name, hosts, links"))
+    source = str(path)
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise SpecError(source, "", "expected a mapping with keys name, hosts, links")
+    data = _absolute_traces(data, Path(source).parent)  # traces are named relative to the file
+    return _checked(validate(Spec, {**data, "source": source}, source))
 
 
 def parse(text: str, source: str = "<string>") -> Spec:
     data = parse_yaml(text, source)
     if not isinstance(data, dict):
         raise SpecError(source, "", "expected a mapping with keys name, hosts, links")
+    data = _absolute_traces(data, Path(source).parent)
     return _checked(validate(Spec, {**data, "source": source}, source))
 
 
 def _checked(spec: Spec) -> Spec:
     check(spec)
     return spec
+
+
+def _absolute_traces(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Trace files are named relative to the file: make them absolute, so the spec means the
+    same when it is read back from the state file or a manifest."""
+    from orchestrator.spec.dynamic import with_absolute_trace
+
+    out = dict(data)
+    if isinstance(out.get("links"), list):
+        out["links"] = [{**lk, "bottleneck": with_absolute_trace(lk["bottleneck"], base)}
+                        if isinstance(lk, dict) and isinstance(lk.get("bottleneck"), dict) else lk
+                        for lk in out["links"]]
+    scen = out.get("scenario")
+    if isinstance(scen, dict) and "link" in scen:
+        scen = out["scenario"] = {**scen, "link": with_absolute_trace(scen["link"], base)}
+    if isinstance(scen, dict) and isinstance(scen.get("sweep"), dict) and \
+            isinstance(scen["sweep"].get("link"), list):
+        links = [with_absolute_trace(v, base) for v in scen["sweep"]["link"]]
+        out["scenario"] = {**scen, "sweep": {**scen["sweep"], "link": links}}
+    return out
 
 
 def check(spec: Spec) -> None:
@@ -247,6 +296,13 @@ def check(spec: Spec) -> None:
     bn = spec.bottleneck
     if bn.rtt is not None and bn.delay is not None:
         raise SpecError(src, f"links[{bi}].bottleneck", "give either 'rtt' or 'delay', not both")
+    if bn.rate is None and bn.trace is None:
+        raise SpecError(src, f"links[{bi}].bottleneck.rate",
+                        "required key is missing (or give 'trace: FILE')")
+    from orchestrator.spec import dynamic
+
+    dynamic.check_mapping(bn.model_dump(include={"rate", "trace", "rtt", "loss"}, exclude_none=True),
+                          Path(src).parent, src, f"links[{bi}].bottleneck.")
     _check_addresses(spec)
     _check_connected(spec)
     _check_ssh(spec)

@@ -18,11 +18,12 @@ if TYPE_CHECKING:
 
 def run_flows(testbed: Testbed, scenario_or_flows: Scenario | list[FlowSpec], out_dir: str | Path,
               duration: float | None = None,
-              on_progress: Callable[[float, float], None] | None = None) -> list[dict[str, Any]]:
+              on_progress: Callable[[float, float], None] | None = None,
+              on_t0: Callable[[float], None] | None = None, t0_lead_s: float = 0.0) -> list[dict[str, Any]]:
     """Run the flows on schedule; reports land in out_dir/flows/<flow>.json. See scheduler."""
     from orchestrator.workloads.scheduler import run_flows as run
 
-    return run(testbed, scenario_or_flows, out_dir, duration, on_progress)
+    return run(testbed, scenario_or_flows, out_dir, duration, on_progress, on_t0, t0_lead_s)
 
 
 def validate(testbed: Testbed, flows: list[FlowSpec], duration: float | None = None) -> None:

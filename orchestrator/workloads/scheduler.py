@@ -35,11 +35,14 @@ Progress = Callable[[float, float], None]
 
 
 def run_flows(testbed: Testbed, scenario_or_flows: Scenario | list[FlowSpec], out_dir: str | Path,
-              duration: float | None = None, on_progress: Progress | None = None) -> list[dict[str, Any]]:
+              duration: float | None = None, on_progress: Progress | None = None,
+              on_t0: Callable[[float], None] | None = None, t0_lead_s: float = 0.0) -> list[dict[str, Any]]:
     """Run the flows; returns their reports (also written to out_dir/flows/<flow>.json).
 
     duration: the scenario's length in seconds (default: the scenario's, or the last flow's
-    end). on_progress(elapsed_s, total_s) is called about once a second."""
+    end). on_progress(elapsed_s, total_s) is called about once a second. on_t0(epoch) is
+    told the scenario's start before anyone is released (a dynamic link counts from it);
+    t0_lead_s puts that start further ahead, for a callback that needs time to deliver it."""
     flows, duration = _flows_and_duration(scenario_or_flows, duration)
     plans = planmod.make(testbed, flows, duration)
     out = Path(out_dir)
@@ -53,7 +56,9 @@ def run_flows(testbed: Testbed, scenario_or_flows: Scenario | list[FlowSpec], ou
         for p in plans:
             p.ecn = state.ecn_sent(p)
         _start(runners)
-        t0 = time.time() + LEAD_S
+        t0 = time.time() + LEAD_S + t0_lead_s
+        if on_t0 is not None:
+            on_t0(t0)
         for r in runners:
             r.release(t0)
         _drive(runners, t0, duration, on_progress)
