@@ -5,7 +5,6 @@ recomputation, the kernel itself through `ss`)."""
 from __future__ import annotations
 
 import math
-import os
 import re
 import socket
 import subprocess
@@ -17,6 +16,8 @@ import pytest
 
 from policies.aqm_llm import dataset
 from policies.aqm_llm.reward import reward_columns
+
+from conftest import needs_root
 
 
 def _row(**kw: float) -> dict[str, float]:
@@ -141,7 +142,7 @@ def test_nfqueue_link_marks_the_fraction_it_is_told(tos, cls):
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
+@needs_root
 def test_ebpf_datapath_marks_the_fraction_it_is_told(netns_testbed, tmp_path):
     """Issue 12 on the ebpf datapath: ECT(1) packets through a real testbed, the policy says
     p_mark = 0.2 (the constant policy, so nothing else moves the probability), and the CE

@@ -10,6 +10,8 @@ import pytest
 
 from orchestrator.analysis import crosscheck as xc
 
+from conftest import needs_root
+
 
 def test_w1_is_the_mean_gap_of_sorted_samples_and_a_shift_is_its_size():
     rng = np.random.default_rng(5)
@@ -77,7 +79,7 @@ def test_classes_compare_by_codepoint_whatever_queue_the_datapath_used():
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="needs root for namespaces")
+@needs_root
 def test_nfqueue_and_ebpf_dualpi2_agree_on_the_default_testbed(netns_testbed, tmp_path):
     """The default testbed (50 Mbit/s, 20 ms, 1.5 BDP), L4S + CUBIC, DualPI2 with its
     defaults, twice on each datapath: utilisation, L4S p99 and classic median delay within
@@ -110,7 +112,7 @@ def test_nfqueue_and_ebpf_dualpi2_agree_on_the_default_testbed(netns_testbed, tm
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="needs root for namespaces")
+@needs_root
 def test_cli_refuses_a_policy_only_one_datapath_runs(netns_testbed, tmp_path):
     """CoDel acts per packet at dequeue: only nfqueue runs it, so there is nothing to compare;
     the command says which datapaths could not and why, before any run starts."""
@@ -128,7 +130,7 @@ def test_cli_refuses_a_policy_only_one_datapath_runs(netns_testbed, tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="needs root for namespaces")
+@needs_root
 def test_nfqueue_and_ebpf_dualpi2_agree_on_a_slow_long_link(netns_testbed, tmp_path):
     """Issue 16's low-rate case: 10 Mbit/s, 80 ms, one L4S flow among four CUBIC flows. A
     packet takes 1.2 ms, more than the 1 ms step, so whether an L packet waits for the packet

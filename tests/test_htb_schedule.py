@@ -13,6 +13,8 @@ import pytest
 
 from orchestrator.bottleneck import htb_schedule as hs
 
+from conftest import needs_root
+
 EBPF_CLASSES = [{"parent": "1:", "classid": "1:1", "share": 1.0},
                 {"parent": "1:1", "classid": "1:11", "share": 0.9, "prio": 0},
                 {"parent": "1:1", "classid": "1:12", "share": 0.1, "prio": 1}]
@@ -43,9 +45,8 @@ def test_plan_times() -> None:
 
 @pytest.fixture
 def htb_ns():
-    """A namespace with a veth device under HTB 1:1 (rate 50 Mbit/s)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    """A namespace with a veth device under HTB 1:1 (rate 50 Mbit/s); tests using it carry
+    conftest.needs_root (CI runs as root, so they run there)."""
     ns = f"tbtest-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
@@ -61,6 +62,7 @@ def htb_ns():
         subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
+@needs_root
 def test_timer_changes_htb_on_time(htb_ns: str, tmp_path) -> None:
     out = tmp_path / "changes.jsonl"
     cfg = tmp_path / "cfg.json"
@@ -107,6 +109,7 @@ def test_several_classes_go_in_one_batch(tmp_path) -> None:
     assert hs.batched(cmds[:1], path) == cmds[:1]
 
 
+@needs_root
 def test_ebpf_layout_changes_all_three_classes(htb_ns: str, tmp_path) -> None:
     def tc(*argv: str) -> None:
         subprocess.run(["ip", "netns", "exec", htb_ns, "tc", *argv], check=True, capture_output=True)
