@@ -9,8 +9,6 @@ from pathlib import Path
 
 import click
 
-from orchestrator.errors import UserError
-
 
 @click.command()
 @click.argument("suite_file", type=click.Path(dir_okay=False))
@@ -68,7 +66,9 @@ def _run(suite: object, name: str | None, out_dir: Path) -> tuple[dict, dict]:
         current = rg.run_suite(tb, suite, out_dir,
                                on_run=lambda key, run_dir, status: click.echo(f"{key}: {status} ({run_dir})"))
     except KeyboardInterrupt:
-        raise UserError(f"interrupted; the runs so far are in {out_dir}") from None
+        # said here, then re-raised so the exit code stays 130 (Ctrl-C) or 143 (SIGTERM)
+        click.echo(f"interrupted; the runs so far are in {out_dir}", err=True)
+        raise
     return current, testbed
 
 

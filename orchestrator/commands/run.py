@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from orchestrator import bottleneck
-from orchestrator.errors import UserError
+from orchestrator.errors import UserError, exit_code_of
 from orchestrator.experiment import results
 from orchestrator.spec import scenario as scenario_mod
 
@@ -47,7 +47,7 @@ def load_scenario(path: str | None, tb: Any) -> Any:
               help="Policy parameter; repeat for several.")
 @click.option("--testbed", "name", help="Testbed name (default: the only one up).")
 @click.option("--results", "results_root", type=click.Path(file_okay=False), default="results",
-              show_default=True)
+              show_default=True, help="Folder the run (or sweep) folders are created in.")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False),
               help="Resume a sweep directory: run only its points not yet complete.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -61,10 +61,16 @@ def run(policy: str | None, datapath: str | None, scenario_file: str | None, dur
     from orchestrator.experiment import sweep
     from orchestrator.experiment.run import RunConfig
 
-    tb = providers.load(name)
-    results.mark_orphans(Path(results_root))
+    if duration is not None and not 0 < duration <= scenario_mod.MAX_DURATION_S:
+        raise UserError(f"--duration: expected seconds from 0 to "
+                        f"{scenario_mod.MAX_DURATION_S:g}, got {duration:g}")
     if repeat < 1:
         raise UserError(f"--repeat: expected 1 or more, got {repeat}")
+    if resume and not (Path(resume) / "sweep.json").is_file():
+        raise UserError(f"--resume: {resume} is not a sweep folder (it has no sweep.json)")
+    tb = providers.load(name)
+    results.writable_root(Path(results_root))
+    results.mark_orphans(Path(results_root))
     if resume:
         sweep_dir = Path(resume)
     else:
@@ -97,10 +103,10 @@ def _single(tb: Any, scenario: Any, config: Any, root: Path, as_json: bool) -> N
     try:
         with RunProgress(total_s=run_.scenario.duration_s) as progress:
             run_dir = run_.execute(progress.update)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if run_.dir is not None:
             click.echo(f"run aborted; partial results kept in {run_.dir}", err=True)
-        sys.exit(130)
+        sys.exit(exit_code_of(e))
     print_summary(run_dir, as_json)
 
 

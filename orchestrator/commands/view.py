@@ -15,6 +15,11 @@ from rich.table import Table
 console = Console(stderr=True)
 
 
+def delay_words(rtt_s: float, mode: str) -> str:
+    """How the base RTT is made; `rtt: 0ms` adds none, whatever the delay mode."""
+    return f"delay by {mode}" if rtt_s > 0 else "no added delay"
+
+
 class RunProgress:
     """Phases (deploying, traffic, stopping, analysing) and the time left of the traffic phase."""
 
@@ -95,7 +100,8 @@ def render_status(info: dict[str, Any]) -> str:
     bn = info["bottleneck"]
     lines = [f"testbed {info['name']} ({info['provider']}, {info['status']})",
              f"  bottleneck {bn['router']}:{bn['egress']}  {bn['rate_mbps']:g} Mbit/s  "
-             f"RTT {bn['rtt_ms']:g} ms  buffer {bn['buffer_pkts']} pkts  delay by {bn['delay_mode']}",
+             f"RTT {bn['rtt_ms']:g} ms  buffer {bn['buffer_pkts']} pkts  "
+             f"{delay_words(bn['rtt_ms'] / 1e3, bn['delay_mode'])}",
              "  hosts:"]
     for h in info["hosts"]:
         lines.append(f"    {h['name']:<10} {h['role']:<9} {', '.join(h['addresses'])}")

@@ -25,6 +25,20 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def writable_root(root: Path) -> Path:
+    """`root` created if needed and writable, else a UserError: found at the start of a run,
+    not as a traceback once traffic has flowed."""
+    from orchestrator.errors import UserError
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--results: cannot create {root}: {e.strerror}") from None
+    if not root.is_dir() or not os.access(root, os.W_OK | os.X_OK):
+        raise UserError(f"--results: {root} is not a folder this user can write to")
+    return root
+
+
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.bottleneck import DEFAULT_DATAPATH, datapath_class
-from orchestrator.errors import UserError, policy_errors
+from orchestrator.errors import Terminated, UserError, policy_errors
 from orchestrator.experiment import results
 from orchestrator.spec.scenario import Scenario
 from orchestrator.testbed.base import Testbed
@@ -136,7 +136,7 @@ def _params(policy: Any) -> dict[str, Any]:
 def _interrupt_on_sigterm() -> Callable[[], None]:
     """SIGTERM behaves like Ctrl-C, so `kill` of a run also cleans up and marks it aborted."""
     def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        raise Terminated
 
     try:
         old = signal.signal(signal.SIGTERM, handler)

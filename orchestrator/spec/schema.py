@@ -60,11 +60,12 @@ class DelaySpec(Strict):
     forward: str = "0ms"  # sender -> receiver, before the bottleneck queue
     reverse: str = "0ms"  # receiver -> sender (the ACK path)
 
+    _numbers = field_validator("forward", "reverse", mode="before")(units.needs_unit("20ms"))
+
     @field_validator("forward", "reverse")
     @classmethod
     def _time(cls, v: str) -> str:
-        if units.seconds(v) < 0:
-            raise ValueError(f"expected a non-negative time, got {v!r}")
+        units.bounded_delay(v)
         return v
 
 
@@ -75,18 +76,21 @@ class BottleneckSpec(Strict):
     buffer: str | int = "1.5bdp"
     delay_mode: Literal["auto", "netem", "nfqueue"] = "auto"
 
+    _rate_unit = field_validator("rate", mode="before")(units.needs_unit("50mbit"))
+    _rtt_unit = field_validator("rtt", mode="before")(units.needs_unit("20ms"))
+
     @field_validator("rate")
     @classmethod
     def _rate(cls, v: str) -> str:
-        if units.rate_bps(v) <= 0:
-            raise ValueError(f"expected a positive rate like '50mbit', got {v!r}")
+        units.bounded_rate(v)
         return v
 
     @field_validator("rtt")
     @classmethod
     def _rtt(cls, v: str | None) -> str | None:
-        if v is not None and units.seconds(v) < 0:
-            raise ValueError(f"expected a non-negative time like '20ms', got {v!r}")
+        # rtt: 0ms means no added delay (the base RTT is then the veths' few microseconds)
+        if v is not None:
+            units.bounded_delay(v)
         return v
 
     @field_validator("buffer")
@@ -141,15 +145,18 @@ class LinkSpec(Strict):
             except ValueError:
                 raise ValueError(f"expected an IPv4 address with prefix like '10.0.1.1/24', "
                                  f"got {v!r}") from None
-            if iface.network.prefixlen > 30:
-                raise ValueError(f"expected a prefix of /30 or shorter, got {v!r}")
+            # /8../30: a /0 would route every address (the host's own network too) into the
+            # testbed, and /31 or /32 leave no two host addresses
+            if not 8 <= iface.network.prefixlen <= 30:
+                raise ValueError(f"expected a prefix from /8 to /30, got {v!r}")
         return v
+
+    _delay_unit = field_validator("delay", mode="before")(units.needs_unit("5ms"))
 
     @field_validator("delay")
     @classmethod
     def _delay(cls, v: str) -> str:
-        if units.seconds(v) < 0:
-            raise ValueError(f"expected a non-negative time, got {v!r}")
+        units.bounded_delay(v)
         return v
 
     @property
@@ -247,8 +254,13 @@ def check(spec: Spec) -> None:
     bn = spec.bottleneck
     if bn.rtt is not None and bn.delay is not None:
         raise SpecError(src, f"links[{bi}].bottleneck", "give either 'rtt' or 'delay', not both")
+    try:
+        units.buffer_size(bn.buffer, bn.rate_bps, bn.rtt_s)
+    except ValueError as e:
+        raise SpecError(src, f"links[{bi}].bottleneck.buffer", str(e)) from None
     _check_addresses(spec)
     _check_connected(spec)
+    _check_tree(spec)
     _check_ssh(spec)
     if spec.scenario is not None:
         spec.scenario.check(spec.roles(), src)
@@ -265,11 +277,31 @@ def _check_addresses(spec: Spec) -> None:
         if a.network != b.network or a.ip == b.ip:
             raise SpecError(spec.source, f"links[{i}].b_addr",
                             "expected a different address in the same subnet as a_addr")
-        key = str(a.network)
-        if key in nets:
-            raise SpecError(spec.source, f"links[{i}].a_addr",
-                            f"subnet {key} is already used by {nets[key]}")
-        nets[key] = f"links[{i}]"
+        for other, where in nets.items():
+            if a.network.overlaps(ipaddress.IPv4Network(other)):
+                raise SpecError(spec.source, f"links[{i}].a_addr",
+                                f"subnet {a.network} overlaps {other} of {where}")
+        nets[str(a.network)] = f"links[{i}]"
+
+
+def _check_tree(spec: Spec) -> None:
+    """The hosts and links form a tree (the README's promise, and what the routes assume: one
+    path between two hosts). Connected, so a cycle is any link joining two hosts already
+    joined; its index is named."""
+    root = {h.name: h.name for h in spec.hosts}
+
+    def find(n: str) -> str:
+        while root[n] != n:
+            n = root[n]
+        return n
+
+    for i, link in enumerate(spec.links):
+        ra, rb = find(link.a), find(link.b)
+        if ra == rb:
+            raise SpecError(spec.source, f"links[{i}]",
+                            f"this link closes a cycle ({link.a!r} and {link.b!r} are already "
+                            f"connected); expected a tree of hosts and links")
+        root[ra] = rb
 
 
 def _check_ssh(spec: Spec) -> None:
