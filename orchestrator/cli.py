@@ -64,6 +64,9 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def main() -> None:
+    # files this tool and its children write (state, results, pcaps, logs): readable by the
+    # owner's group at most, not by every user of a shared machine
+    os.umask(0o027)
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         cli.main(standalone_mode=False)

@@ -13,11 +13,11 @@ in telemetry/dummynet-{start,stop}.txt.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 import policies
+from orchestrator import strictjson
 from orchestrator.bottleneck.base import Datapath
 from orchestrator.testbed.base import Testbed
 from policies.base import Policy
@@ -62,10 +62,10 @@ class DummynetDatapath(Datapath):
         ssh = self._router()
         self.tel = Path(run_dir) / "telemetry"
         (self.tel / "packets").mkdir(parents=True, exist_ok=True)
-        (self.tel / "packets" / "meta.json").write_text(json.dumps({
+        (self.tel / "packets" / "meta.json").write_text(strictjson.dumps({
             "sample_rate": 0.0, "datapath": self.name, "per_packet": False,
             "sojourn": "not available: dummynet keeps no per-packet log"}, indent=1))
-        (self.tel / "dummynet.json").write_text(json.dumps(
+        (self.tel / "dummynet.json").write_text(strictjson.dumps(
             {"aqm": ssh.aqm or "fifo", "aqm_args": dict(ssh.aqm_args)}, indent=1, default=str))
         self._snapshot("start")
 

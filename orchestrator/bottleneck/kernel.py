@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from orchestrator import strictjson
 from orchestrator.bottleneck import shaping as link
 from orchestrator.bottleneck.base import Datapath
 from orchestrator.errors import UserError
@@ -72,7 +73,7 @@ class KernelDatapath(Datapath):
         tel = run_dir / "telemetry"
         packets = tel / "packets"
         packets.mkdir(parents=True, exist_ok=True)
-        (packets / "meta.json").write_text(json.dumps({
+        (packets / "meta.json").write_text(strictjson.dumps({
             "sample_rate": 0.0, "datapath": self.name, "per_packet": False,
             "sojourn": "not available: a kernel qdisc keeps no per-packet log; see telemetry/qdisc"},
             indent=1))

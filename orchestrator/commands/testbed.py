@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import click
 
-from orchestrator import providers
+from orchestrator import providers, strictjson
 from orchestrator.commands.view import delay_words
 from orchestrator.errors import UserError
 from orchestrator.spec.names import testbed_name
@@ -71,7 +70,7 @@ def status(name: str | None, as_json: bool) -> None:
     names = [testbed_name(name)] if name is not None else state.names_up()
     info = [describe(providers.load(n)) for n in names]
     if as_json:
-        click.echo(json.dumps(info, indent=1))
+        click.echo(strictjson.dumps(info, indent=1))
     elif not info:
         click.echo("no testbed is up")
     else:

@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from orchestrator import strictjson
+
 console = Console(stderr=True)
 
 
@@ -67,7 +69,7 @@ def print_summary(run_dir: Path, as_json: bool = False) -> None:
         return
     summary = json.loads(path.read_text())
     if as_json:
-        click.echo(json.dumps(summary, indent=1))
+        click.echo(strictjson.dumps(summary, indent=1))
         return
     out = Console()
     head = Table(title=f"{summary.get('policy')} on {summary.get('datapath')}, "

@@ -52,7 +52,8 @@ class NetnsTestbed(LocalTestbed):
         path = self.state_dir / "bpffs"
         if not os.path.ismount(path):
             path.mkdir(parents=True, exist_ok=True)
-            _sh(["mount", "-t", "bpf", "bpf", str(path)])
+            # root's alone: the default mode is 1777, which lets any user pin objects in it
+            _sh(["mount", "-t", "bpf", "-o", "mode=0700", "bpf", str(path)])
             self.add_cleanup("mount", str(path))
         return path
 
