@@ -1,0 +1,195 @@
+"""A shared machine (issue 10, findings 3, 5, 6, 7): `down` touches only testbeds this tool's
+state knows, two `up` of one name cannot destroy each other, every JSON file a run writes is
+strict JSON, a kill -9'd run is marked aborted by `analyze`, SIGTERM exits 143, and state,
+results and bpffs are not open to every user."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, dumbbell_yaml, needs_root, unique_name
+
+pytestmark = needs_root
+
+
+def cli(state: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TESTBED_STATE_DIR": str(state)}
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+def spawn(state: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "TESTBED_STATE_DIR": str(state)}
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def namespaces(name: str) -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {ln.split()[0] for ln in out.splitlines() if ln.startswith(f"tb-{name}-")}
+
+
+def strict(path: Path) -> object:
+    def refuse(c: str) -> object:
+        raise ValueError(f"{path}: not strict JSON: {c}")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.fixture
+def two_roots(tmp_path):
+    """Testbed `mine` known to state root A, `theirs` known only to state root B (another
+    user's checkout); both torn down at the end."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    made = []
+    for root, prefix in ((a, "mn"), (b, "th")):
+        name = unique_name(prefix)
+        spec = tmp_path / f"{name}.yaml"
+        spec.write_text(dumbbell_yaml(name))
+        res = cli(root, "up", str(spec))
+        assert res.returncode == 0, res.stderr
+        made.append((root, name))
+    yield made
+    for root, name in made:
+        cli(root, "down", name)
+
+
+def test_down_all_and_nameless_down_leave_unknown_testbeds(two_roots):
+    (a, mine), (b, theirs) = two_roots
+    before = namespaces(theirs)
+    assert len(before) == 4
+    res = cli(a, "down", "--all")
+    assert res.returncode == 0 and mine in res.stdout and theirs not in res.stdout, res.stdout
+    assert not namespaces(mine)
+    assert namespaces(theirs) == before
+    # nothing known to A any more: a nameless down removes nothing, and says what it saw
+    res = cli(a, "down")
+    assert res.returncode == 0 and "nothing to do" in res.stdout, res.stdout
+    assert theirs in res.stdout  # named as a hint, not removed
+    assert namespaces(theirs) == before
+
+
+def test_nameless_down_with_two_up_names_the_option(tmp_path):
+    names = [unique_name("nd"), unique_name("nd")]
+    try:
+        for n in names:
+            spec = tmp_path / f"{n}.yaml"
+            spec.write_text(dumbbell_yaml(n))
+            assert cli(tmp_path / "st", "up", str(spec)).returncode == 0
+        res = cli(tmp_path / "st", "down")
+        assert res.returncode != 0 and "several testbeds" in res.stderr and "--all" in res.stderr
+        assert all(len(namespaces(n)) == 4 for n in names)
+        res = cli(tmp_path / "st", "run", "--duration", "1")
+        assert res.returncode != 0 and "--testbed NAME" in res.stderr, res.stderr
+    finally:
+        for n in names:
+            cli(tmp_path / "st", "down", n)
+
+
+def test_two_simultaneous_up_of_one_file(tmp_path):
+    """The loser fails at once; the winner's namespaces stay (3 tries, as the probe did)."""
+    for _ in range(3):
+        name = unique_name("lk")
+        spec = tmp_path / f"{name}.yaml"
+        spec.write_text(dumbbell_yaml(name, senders=6))
+        try:
+            procs = [spawn(tmp_path / "st", "up", str(spec)) for _ in range(2)]
+            results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+            codes = sorted(r[0] for r in results)
+            assert codes == [0, 2], results
+            loser = next(r for r in results if r[0] == 2)
+            assert "Traceback" not in loser[2]
+            assert "being built by another" in loser[2] or "already up" in loser[2], loser[2]
+            assert len(namespaces(name)) == 8
+        finally:
+            cli(tmp_path / "st", "down", name)
+
+
+SCENARIO = ("scenario:\n  duration: 30s\n  flows:\n  - {name: a, kind: tcp, src: s1, dst: rx}\n"
+            "  - {name: b, kind: l4s, src: s2, dst: rx}\n")
+
+
+@pytest.fixture
+def testbed(tmp_path):
+    name = unique_name("sj")
+    spec = tmp_path / "tb.yaml"
+    spec.write_text(dumbbell_yaml(name, scenario=SCENARIO))
+    assert cli(tmp_path / "st", "up", str(spec)).returncode == 0
+    yield tmp_path / "st", name
+    cli(tmp_path / "st", "down", name)
+
+
+def _wait_running(results: Path, timeout: float = 60) -> Path:
+    end = time.time() + timeout
+    while time.time() < end:
+        for m in results.glob("*/manifest.json"):
+            try:
+                if json.loads(m.read_text()).get("status") == "running":
+                    return m
+            except ValueError:
+                pass
+        time.sleep(0.3)
+    raise AssertionError("the run never started")
+
+
+def test_strict_json_kill9_analyze_and_modes(testbed, tmp_path):
+    state, name = testbed
+    res_root = tmp_path / "res"
+    done = cli(state, "run", "--testbed", name, "--duration", "2", "--results", str(res_root))
+    assert done.returncode == 0, done.stderr
+    # every JSON file the run wrote parses with a strict parser (nfqueue limits had Infinity)
+    files = list(res_root.rglob("*.json"))
+    assert any(f.name == "manifest.json" for f in files) and len(files) >= 3
+    for f in files:
+        strict(f)
+        assert f.stat().st_mode & 0o007 == 0, f  # not world-readable
+    assert (state / name / "state.json").stat().st_mode & 0o777 == 0o600
+    assert (state / name).stat().st_mode & 0o777 == 0o700
+
+    # kill -9 in the middle of a run: analyze marks it aborted, and strict JSON still holds
+    killed_root = tmp_path / "killed"
+    proc = spawn(state, "run", "--testbed", name, "--results", str(killed_root))
+    manifest = _wait_running(killed_root)
+    time.sleep(1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    res = cli(state, "analyze", str(manifest.parent))
+    assert "Traceback" not in res.stderr, res.stderr
+    assert json.loads(manifest.read_text())["status"] == "aborted"
+    for f in manifest.parent.rglob("*.json"):
+        strict(f)
+
+
+def test_sigterm_exits_143(testbed, tmp_path):
+    state, name = testbed
+    proc = spawn(state, "run", "--testbed", name, "--results", str(tmp_path / "res"))
+    manifest = _wait_running(tmp_path / "res")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143, proc.communicate()
+    assert json.loads(manifest.read_text())["status"] == "aborted"
+
+
+def test_bpffs_is_not_world_writable(testbed):
+    state, name = testbed
+    code = ("from orchestrator import providers; import os, sys\n"
+            f"p = providers.load({name!r}).bpffs(); print(oct(os.stat(p).st_mode & 0o777))")
+    env = {**os.environ, "TESTBED_STATE_DIR": str(state)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env=env, timeout=60)
+    assert out.stdout.strip() == "0o700", out.stderr
+
+
+def test_analyze_refuses_a_folder_that_is_not_a_run(tmp_path):
+    folder = tmp_path / "notarun"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    res = cli(tmp_path / "st", "analyze", str(folder))
+    assert res.returncode != 0 and "not a run folder" in res.stderr and "Traceback" not in res.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
