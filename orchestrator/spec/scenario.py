@@ -112,6 +112,13 @@ class Scenario(BaseModel):
 
     _duration_unit = field_validator("duration", mode="before")(units.needs_unit("10s"))
 
+    @field_validator("flows")
+    @classmethod
+    def _some_flows(cls, v: list[FlowSpec]) -> list[FlowSpec]:
+        if not v:
+            raise ValueError("expected at least one flow")
+        return v
+
     @field_validator("policy_args")
     @classmethod
     def _scalar_args(cls, v: dict[str, Any]) -> dict[str, Any]:

@@ -93,6 +93,14 @@ class BottleneckSpec(Strict):
             units.bounded_delay(v)
         return v
 
+    @field_validator("buffer", mode="before")
+    @classmethod
+    def _not_bool(cls, v: object) -> object:
+        # pydantic would take `buffer: true` as 1 packet
+        if isinstance(v, bool) or not isinstance(v, str | int):
+            raise ValueError(f"expected a buffer like 1000, '300kb' or '1.5bdp', got {v!r}")
+        return v
+
     @field_validator("buffer")
     @classmethod
     def _buffer(cls, v: str | int) -> str | int:
