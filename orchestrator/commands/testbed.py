@@ -22,7 +22,7 @@ def up(file: str) -> None:
     spec = schema.load(file)
     click.echo(f"building testbed {spec.name!r}: {len(spec.hosts)} hosts, {len(spec.links)} links",
                err=True)
-    tb = providers.up(spec)
+    tb = providers.up(spec, progress=lambda msg: click.echo(f"  {msg}", err=True))
     bn = tb.bottleneck
     click.echo(f"testbed {tb.name!r} is up: {len(tb.hosts)} hosts, bottleneck {bn.router}:{bn.egress} "
                f"{bn.rate_bps / 1e6:g} Mbit/s, base RTT {bn.rtt_s * 1e3:g} ms, "

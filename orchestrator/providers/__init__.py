@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import fcntl
 import importlib
+import inspect
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, get_args
@@ -41,12 +42,16 @@ def testbed_class(name: str) -> type[Testbed]:
     return provider(name).TESTBED
 
 
-def up(spec: Spec) -> Testbed:
+def up(spec: Spec, progress: Callable[[str], None] | None = None) -> Testbed:
     """Build the testbed `spec` describes with its provider, holding the name's lock: of two
     simultaneous `up` of one name, the second fails at once instead of building, failing
     and rolling back (which removed the first one's namespaces)."""
+    module = provider(spec.provider)
     with up_lock(spec.name):
-        return provider(spec.provider).up(spec)
+        # `progress`: a line per phase, for the providers that report them
+        if progress is not None and "progress" in inspect.signature(module.up).parameters:
+            return module.up(spec, progress=progress)
+        return module.up(spec)
 
 
 @contextmanager
