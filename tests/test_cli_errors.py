@@ -93,15 +93,43 @@ def test_scenario_file_errors_name_the_file(testbed, tmp_path, extra, words):
     assert not (tmp_path / "res").exists() or not any((tmp_path / "res").iterdir())
 
 
-def test_policy_errors_in_collect_and_evaluate_matrices(tmp_path):
-    """`ParamError` is a user error wherever a policy spec is read (the matrices of collect and
-    evaluate go through the same policies.make)."""
-    import policies
-    from policies.errors import ParamError
+EVALUATE_SPECS = [("nosuch", "unknown policy"), ("dualpi2:target_ms=abc", "abc"),
+                  ("dualpi2:target_ms=nan", "finite"), ("dualpi2:nosuchkey=1", "nosuchkey"),
+                  ("aqm-llm", "checkpoint")]
 
-    for args in ({"limit": [1, 2]}, {"target_ms": float("nan")}, {"target_ms": "abc"}):
-        with pytest.raises(ParamError):
-            policies.make("dualpi2", args)
+
+@needs_root
+@pytest.mark.parametrize("spec,word", EVALUATE_SPECS, ids=[s for s, _ in EVALUATE_SPECS])
+def test_evaluate_policy_specs(testbed, tmp_path, spec, word):
+    """`ParamError` is a user error in evaluate's policy specs, before any run."""
+    (tmp_path / "collect.json").write_text('{"points": [], "evaluations": []}')
+    one_clear_line(run_cli("evaluate", "--out", str(tmp_path), "--policy", spec, "--testbed",
+                           testbed), f"--policy {spec}", word)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["collect.json"]
+
+
+@needs_root
+def test_evaluate_on_a_folder_that_is_no_collection(testbed, tmp_path):
+    one_clear_line(run_cli("evaluate", "--out", str(tmp_path), "--testbed", testbed),
+                   "not a collection folder")
+
+
+@needs_root
+@pytest.mark.parametrize("line,where", [
+    ("behaviours: [dualpi2, nosuch]", "behaviours[1]"),
+    ("rate: [10mbit, 1e400mbit]", "rate[1]"),
+    ("buffer: [1.5bdp, 1e12p]", "buffer[1]"),
+])
+def test_collect_matrix_errors_name_the_file(testbed, tmp_path, line, where):
+    matrix = tmp_path / "m.yaml"
+    text = (ROOT / "scenarios" / "collect.yaml").read_text()
+    key = line.split(":")[0]
+    lines = [ln for ln in text.splitlines() if not ln.startswith(f"{key}:")]
+    matrix.write_text("\n".join(lines) + f"\n{line}\n")
+    out = tmp_path / "out"
+    one_clear_line(run_cli("collect", "--matrix", str(matrix), "--out", str(out), "--testbed",
+                           testbed), str(matrix), where)
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------- spec errors (no root needed)
