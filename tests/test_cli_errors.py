@@ -229,3 +229,12 @@ def test_help_of_every_run_option():
     assert "--results" in res.stdout
     after = res.stdout.split("--results", 1)[1].split("\n  -", 1)[0]
     assert "Folder" in after, after
+
+
+@needs_root
+def test_run_time_scenario_errors_name_the_file(testbed, tmp_path):
+    sc = tmp_path / "sc.yaml"
+    sc.write_text("duration: 1s\nflows:\n- {name: a, kind: tcp, src: s1, dst: rx}\n")
+    one_clear_line(run_cli("run", "--testbed", testbed, "--scenario", str(sc), "--policy", "codel",
+                           "--datapath", "ebpf", "--results", str(tmp_path / "res")),
+                   str(sc), "codel", "ebpf")

@@ -151,6 +151,7 @@ def test_strict_json_kill9_analyze_and_modes(testbed, tmp_path):
         strict(f)
         assert f.stat().st_mode & 0o007 == 0, f  # not world-readable
     assert (state / name / "state.json").stat().st_mode & 0o777 == 0o600
+    _report_is_readable(next(res_root.glob("*/report.html")), name)
     assert (state / name).stat().st_mode & 0o777 == 0o700
 
     # kill -9 in the middle of a run: analyze marks it aborted, and strict JSON still holds
@@ -165,6 +166,24 @@ def test_strict_json_kill9_analyze_and_modes(testbed, tmp_path):
     assert json.loads(manifest.read_text())["status"] == "aborted"
     for f in manifest.parent.rglob("*.json"):
         strict(f)
+
+
+def _report_is_readable(report: Path, testbed: str) -> None:
+    """Finding 9: the setup first, labels with units instead of raw keys, a flows table that
+    scrolls inside the page instead of widening it."""
+    page = report.read_text()
+    body = page.split("<h3>Manifest</h3>")[0]  # the raw manifest, folded, comes last
+    assert body.index("<h3>Setup</h3>") < body.index("<h3>Results</h3>") < body.index("<h3>Flows")
+    setup = body.split("<h3>Setup</h3>")[1].split("<h3>Results</h3>")[0]
+    for words in (testbed, "50 Mbit/s", "base RTT 20 ms", "packets", "a: tcp", "dualpi2"):
+        assert words in setup, (words, setup)
+    for raw in ("duration_s", "ecn_counts", "goodput_mbps", "link_rate_mbps", "rtt_ms_p50"):
+        assert raw not in body, raw
+    for label in ("Link utilisation (0-1)", "Goodput (Mbit/s)", "RTT median (ms)",
+                  "Queue delay per traffic class (ms)"):
+        assert label in body, label
+    flows = body.split("<h3>Flows</h3>")[1]
+    assert flows.startswith("<div class='wide'>") and ".wide{overflow-x:auto" in page
 
 
 def test_sigterm_exits_143(testbed, tmp_path):

@@ -83,7 +83,8 @@ def run(policy: str | None, datapath: str | None, scenario_file: str | None, dur
             scenario = scenario.model_copy(update={"sweep": {k: v for k, v in scenario.sweep.items()
                                                              if k != "policy"}})
         if not scenario.sweep and repeat == 1:
-            _single(tb, scenario, config, Path(results_root), as_json)
+            source = scenario_file or tb.spec().source or f"testbed {tb.name!r}"
+            _single(tb, scenario, config, Path(results_root), as_json, source)
             return
         sweep_dir = sweep.create(Path(results_root), scenario, config, repeat)
     with RunProgress() as progress:
@@ -94,12 +95,17 @@ def run(policy: str | None, datapath: str | None, scenario_file: str | None, dur
     click.echo(f"sweep: {sweep_dir} ({len(runs)} runs)")
 
 
-def _single(tb: Any, scenario: Any, config: Any, root: Path, as_json: bool) -> None:
+def _single(tb: Any, scenario: Any, config: Any, root: Path, as_json: bool, source: str) -> None:
     from orchestrator.commands.view import RunProgress, print_summary
     from orchestrator.experiment.run import Run
 
     config.results_root = root
-    run_ = Run(tb, scenario, config)
+    try:
+        run_ = Run(tb, scenario, config)
+    except UserError as e:
+        # the checks against the testbed (flows, policy, datapath) happen here: say which
+        # file the scenario came from
+        raise UserError(str(e) if source in str(e) else f"{source}: {e}") from None
     try:
         with RunProgress(total_s=run_.scenario.duration_s) as progress:
             run_dir = run_.execute(progress.update)
