@@ -112,6 +112,33 @@ def test_two_simultaneous_up_of_one_file(tmp_path):
             cli(tmp_path / "st", "down", name)
 
 
+def test_up_waits_for_nobody_while_the_name_is_locked(tmp_path):
+    """While one `up` of a name holds its lock (between its "already up?" check and its first
+    state save lies a race), another `up` of it fails at once and builds nothing, so its
+    rollback cannot remove the first one's namespaces."""
+    name = unique_name("lk")
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(dumbbell_yaml(name))
+    state = tmp_path / "st"
+    env = {**os.environ, "TESTBED_STATE_DIR": str(state)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom orchestrator import providers\n"
+         f"with providers.up_lock({name!r}):\n    print('held', flush=True)\n    time.sleep(30)"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = cli(state, "up", str(spec))
+        assert res.returncode == 2 and "being built by another" in res.stderr, res.stderr
+        assert not namespaces(name)
+    finally:
+        holder.kill()
+        holder.wait()
+        cli(state, "down", name)
+    # the kernel dropped the dead holder's lock: the name is free again
+    assert cli(state, "up", str(spec)).returncode == 0
+    cli(state, "down", name)
+
+
 SCENARIO = ("scenario:\n  duration: 30s\n  flows:\n  - {name: a, kind: tcp, src: s1, dst: rx}\n"
             "  - {name: b, kind: l4s, src: s2, dst: rx}\n")
 
