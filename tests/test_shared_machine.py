@@ -43,37 +43,58 @@ def strict(path: Path) -> object:
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
-@pytest.fixture
-def two_roots(tmp_path):
-    """Testbed `mine` known to state root A, `theirs` known only to state root B (another
-    user's checkout); both torn down at the end."""
-    a, b = tmp_path / "a", tmp_path / "b"
-    made = []
-    for root, prefix in ((a, "mn"), (b, "th")):
-        name = unique_name(prefix)
-        spec = tmp_path / f"{name}.yaml"
-        spec.write_text(dumbbell_yaml(name))
-        res = cli(root, "up", str(spec))
-        assert res.returncode == 0, res.stderr
-        made.append((root, name))
-    yield made
-    for root, name in made:
-        cli(root, "down", name)
+# Runs in a mount namespace of its own with an empty /run/netns, so the namespaces it sees
+# are only the ones it makes: if `down --all` ever again removed every `tb-*` namespace, this
+# test fails without removing anyone else's testbed from the machine.
+ISOLATED = """
+import json, os, subprocess, sys
+subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+os.makedirs("/run/netns", exist_ok=True)
+subprocess.run(["mount", "-t", "tmpfs", "tmpfs", "/run/netns"], check=True)
+tmp, mine, theirs = sys.argv[1:4]
+def cli(root, *args):
+    env = {**os.environ, "TESTBED_STATE_DIR": os.path.join(tmp, root)}
+    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True,
+                       text=True, env=env, timeout=120)
+    return {"rc": r.returncode, "out": r.stdout, "err": r.stderr}
+def ns(name):
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return sorted(l.split()[0] for l in out.splitlines() if l.startswith(f"tb-{name}-"))
+steps = {"up_mine": cli("a", "up", os.path.join(tmp, mine + ".yaml")),
+         "up_theirs": cli("b", "up", os.path.join(tmp, theirs + ".yaml"))}
+steps["theirs_before"] = ns(theirs)
+steps["down_all"] = cli("a", "down", "--all")
+steps["mine_after"], steps["theirs_after_all"] = ns(mine), ns(theirs)
+steps["down_nameless"] = cli("a", "down")
+steps["theirs_after_nameless"] = ns(theirs)
+cli("a", "down", mine)
+cli("b", "down", theirs)
+print(json.dumps(steps))
+"""
 
 
-def test_down_all_and_nameless_down_leave_unknown_testbeds(two_roots):
-    (a, mine), (b, theirs) = two_roots
-    before = namespaces(theirs)
-    assert len(before) == 4
-    res = cli(a, "down", "--all")
-    assert res.returncode == 0 and mine in res.stdout and theirs not in res.stdout, res.stdout
-    assert not namespaces(mine)
-    assert namespaces(theirs) == before
-    # nothing known to A any more: a nameless down removes nothing, and says what it saw
-    res = cli(a, "down")
-    assert res.returncode == 0 and "nothing to do" in res.stdout, res.stdout
-    assert theirs in res.stdout  # named as a hint, not removed
-    assert namespaces(theirs) == before
+def test_down_all_and_nameless_down_leave_unknown_testbeds(tmp_path):
+    """`mine` is known to state root a, `theirs` only to state root b (another user's
+    checkout): `down --all` and a nameless `down` from a leave `theirs` alone."""
+    mine, theirs = unique_name("mn"), unique_name("th")
+    for name in (mine, theirs):
+        (tmp_path / f"{name}.yaml").write_text(dumbbell_yaml(name))
+    res = subprocess.run(["unshare", "--mount", "--", sys.executable, "-c", ISOLATED,
+                          str(tmp_path), mine, theirs], capture_output=True, text=True,
+                         cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stderr
+    steps = json.loads(res.stdout)
+    assert steps["up_mine"]["rc"] == 0 and steps["up_theirs"]["rc"] == 0, steps
+    assert len(steps["theirs_before"]) == 4
+    down_all = steps["down_all"]
+    assert down_all["rc"] == 0 and mine in down_all["out"] and theirs not in down_all["out"], steps
+    assert steps["mine_after"] == []
+    assert steps["theirs_after_all"] == steps["theirs_before"]
+    # nothing known to a any more: a nameless down removes nothing, and names what it saw
+    nameless = steps["down_nameless"]
+    assert nameless["rc"] == 0 and "nothing to do" in nameless["out"], nameless
+    assert theirs in nameless["out"]
+    assert steps["theirs_after_nameless"] == steps["theirs_before"]
 
 
 def test_nameless_down_with_two_up_names_the_option(tmp_path):
