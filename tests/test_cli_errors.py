@@ -80,6 +80,7 @@ SCENARIO_FILES = [
     ("policy: dualpi2\npolicy_args: {target_ms: .nan}\n", ["policy_args.target_ms", "finite"]),
     ("sweep: {rate: [1e400mbit]}\n", ["sweep.rate[0]", "finite"]),
     ("sweep: {rtt: [1000000s]}\n", ["sweep.rtt[0]", "10s"]),
+    ("sweep: {policy: [dualpi2, nosuch]}\n", ["sweep.policy[1]", "unknown policy 'nosuch'"]),
 ]
 
 

@@ -183,6 +183,13 @@ class Scenario(BaseModel):
         import policies
         from policies.errors import ParamError, PolicyError
 
+        swept = self.sweep.get("policy")
+        for j, name in enumerate(swept if isinstance(swept, list) else []):
+            if isinstance(name, str):
+                try:
+                    policies.resolve(name)
+                except (ParamError, PolicyError) as e:
+                    raise SpecError(source, f"{prefix}sweep.policy[{j}]", str(e)) from None
         if self.policy is None:
             return
         try:
