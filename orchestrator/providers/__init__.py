@@ -56,11 +56,12 @@ def up(spec: Spec, progress: Callable[[str], None] | None = None) -> Testbed:
 
 @contextmanager
 def up_lock(name: str) -> Iterator[None]:
-    """An exclusive lock on STATE_ROOT/<name>.lock, beside the state folder that `down`
-    deletes; the kernel drops it when the holder dies, so a kill -9 leaves no stale lock."""
+    """An exclusive lock on STATE_ROOT/.locks/<name>.lock, outside the state folder that
+    `down` deletes; the kernel drops it when the holder dies, so a kill -9 leaves no stale lock."""
     state_dir_of(name)  # validates the name before it becomes a path
-    STATE_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
-    fd = os.open(STATE_ROOT / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    locks = STATE_ROOT / ".locks"  # not a testbed name, so never taken for a state folder
+    locks.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(locks / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
