@@ -22,5 +22,8 @@ bench: setup
 mutate: setup
 	.venv/bin/python scripts/mutate.py
 
+# Only the testbed named by TESTBED (make clean TESTBED=demo): on a shared machine other
+# people's testbeds are not this checkout's to remove.
 clean:
-	-.venv/bin/testbed down --all
+	@if [ -n "$(TESTBED)" ]; then .venv/bin/testbed down "$(TESTBED)"; \
+	else echo "make clean removes no testbed unless named: make clean TESTBED=NAME (see: .venv/bin/testbed status)"; fi

@@ -16,6 +16,15 @@ class UserError(Exception):
     """Bad input or an unmet precondition; the message says what and where."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be so the same cleanup runs; the CLI then exits 143
+    (128 + SIGTERM, what shells and supervisors expect) instead of Ctrl-C's 130."""
+
+
+def exit_code_of(interrupt: KeyboardInterrupt) -> int:
+    return 143 if isinstance(interrupt, Terminated) else 130
+
+
 class SpecError(UserError):
     """A testbed or scenario file is wrong. Names the file, the key path and what was expected."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -192,18 +193,32 @@ def require(ok: bool, key: str, expected: str, value: Any) -> None:
 def _coerce(key: str, raw: Any, f: dataclasses.Field) -> Any:
     kind = f.type if isinstance(f.type, type) else {"float": float, "int": int, "bool": bool,
                                                        "str": str}.get(str(f.type).split(" ")[0])
-    if kind is None or not isinstance(raw, str):
+    if kind is None:
         return raw
-    try:
-        if kind is bool:
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        return kind(raw)
-    except ValueError:
-        raise ParamError(f"parameter '{key}': expected {kind.__name__}, got '{raw}'") from None
+    if not isinstance(raw, str):
+        # a value from a YAML file already has a type: accept only the field's own (an int
+        # for a float), so `limit: [1, 2]` is a clear error here, not a TypeError later
+        ok = (isinstance(raw, bool) if kind is bool else
+              isinstance(raw, (int, float)) and not isinstance(raw, bool) if kind is float else
+              isinstance(raw, int) and not isinstance(raw, bool) if kind is int else
+              isinstance(raw, kind))
+        if not ok:
+            raise ParamError(f"parameter '{key}': expected {kind.__name__}, got {raw!r}")
+        value = float(raw) if kind is float else raw
+    else:
+        try:
+            if kind is bool:
+                if raw.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if raw.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            value = kind(raw)
+        except ValueError:
+            raise ParamError(f"parameter '{key}': expected {kind.__name__}, got '{raw}'") from None
+    if kind is float and not math.isfinite(value):
+        raise ParamError(f"parameter '{key}': expected a finite number, got {raw!r}")
+    return value
 
 
 class Policy:

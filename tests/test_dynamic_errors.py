@@ -35,7 +35,7 @@ UP_CASES = {
                               "{at: 5s, rate: 20mbit}]", "rate[2].at", "times must increase"),
     "zero rate": ("rate: [{at: 0s, rate: 50mbit}, {at: 5s, rate: 0mbit}]", "rate[1].rate",
                   "expected a positive rate"),
-    "negative rate": ("rate: [{at: 0s, rate: -5mbit}]", "rate[0].rate", "expected a value with a unit"),
+    "negative rate": ("rate: [{at: 0s, rate: -5mbit}]", "rate[0].rate", "expected a non-negative value"),
     "empty trace": ("trace: t.trace", "trace", "t.trace: the trace is empty"),
     "non-numeric trace": ("trace: n.trace", "trace",
                           "n.trace: line 2: expected a whole number of milliseconds"),

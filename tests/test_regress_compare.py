@@ -65,7 +65,9 @@ def test_compare_statuses():
     assert rows[("c/p", "d")].status == "new"
     assert rows[("c/q", "a")].status == "failed"
     assert not rg.passed(list(rows.values()))
-    assert rg.passed([rows[("c/p", "a")], rows[("c/p", "d")]])
+    assert rg.passed([rows[("c/p", "a")]])
+    # a metric present now but absent in the baseline is a change too (issue 10, finding 8)
+    assert not rg.passed([rows[("c/p", "a")], rows[("c/p", "d")]])
 
 
 def test_suite_errors_name_the_key(tmp_path):

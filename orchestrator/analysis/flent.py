@@ -16,7 +16,6 @@ queue delay are extra series ('UDP upload::<i>', 'Queue delay (ms) <class>').
 from __future__ import annotations
 
 import gzip
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from orchestrator import strictjson
 from orchestrator.analysis import report, summary
 from orchestrator.analysis.rundir import RunDir
 from policies.base import CLASSES
@@ -42,7 +42,7 @@ def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
     path = Path(out) if out else run.path / f"{run.run_id}.flent.gz"
     tmp = path.with_name(path.name + ".tmp")
     with gzip.open(tmp, "wt", encoding="utf-8") as f:
-        json.dump(data, f)
+        f.write(strictjson.dumps(data))
     tmp.replace(path)
     return path
 

@@ -89,7 +89,25 @@ def utilisation(pkts: pd.DataFrame, link_rate_bps: float | None, sample_rate: fl
         return np.nan
     gone = pkts[np.isfinite(pkts["t_departure"].to_numpy(np.float64))]
     gone = gone[(gone["t_departure"] >= first) & (gone["t_departure"] <= last)]
+    if span is None and last - first >= 3:
+        return _busy_seconds_utilisation(gone, first, last, link_rate_bps, sample_rate)
     return float(gone["size"].sum()) / sample_rate * 8 / (link_rate_bps * (last - first))
+
+
+def _busy_seconds_utilisation(gone: pd.DataFrame, first: float, last: float, rate: float,
+                              sample_rate: float) -> float:
+    """The mean of per-second utilisation over the whole seconds of the window, without the
+    nearly idle seconds at its edges (a handshake before the flows ramp up, stragglers after
+    they end) and without the last partial second. From first arrival to last departure, an
+    overloaded link read 0.896 while every second of it was 0.995-0.999 (issue 10)."""
+    n = int(last - first)
+    sec = ((gone["t_departure"].to_numpy(np.float64) - first) // 1).astype(np.int64)
+    per_s = np.bincount(sec[sec < n], weights=gone["size"].to_numpy(np.float64)[sec < n],
+                        minlength=n) / sample_rate * 8 / rate
+    busy = np.flatnonzero(per_s >= 0.1)
+    if busy.size == 0:
+        return float(per_s.mean())
+    return float(per_s[busy[0]:busy[-1] + 1].mean())
 
 
 def delay_over_time(pkts: pd.DataFrame, t0: float, bin_s: float) -> pd.DataFrame:

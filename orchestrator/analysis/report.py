@@ -21,6 +21,8 @@ PLOTS = (("queue_delay_cdf.png", "Queue delay CDF"), ("throughput.png", "Through
          ("queue_delay.png", "Queue delay over time"), ("probability.png", "Marking and drop probability"))
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
+.wide{overflow-x:auto;max-width:100%}dl.setup{display:grid;grid-template-columns:max-content 1fr;
+gap:2px 1em}dl.setup dt{font-weight:bold}dl.setup dd{margin:0}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;
 text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 img{max-width:100%;border:1px solid #eee;margin:.3em 0}.aborted{color:#b00;font-weight:bold}
@@ -60,8 +62,9 @@ def _run_section(run_dir: Path) -> str:
     head = (f"<h2>{html.escape(run.run_id)}</h2><p>status: <span class='{html.escape(str(status))}'>"
             f"{html.escape(str(status))}</span> &middot; policy <b>{html.escape(str(s.get('policy')))}</b> "
             f"&middot; datapath {html.escape(str(s.get('datapath')))}</p>")
-    parts = [head, _table(_headline(s)), "<h3>Flows</h3>", _table(pd.json_normalize(s.get("flows") or []))]
-    parts += ["<h3>Queue delay (ms)</h3>", _table(_delays(s))]
+    parts = [head, "<h3>Setup</h3>", setup_html(run.manifest), "<h3>Results</h3>",
+             _table(_headline(s)), "<h3>Flows</h3>", _table(flows_table(s.get("flows") or []))]
+    parts += ["<h3>Queue delay per traffic class (ms)</h3>", _table(_delays(s))]
     if s.get("dynamics"):
         parts += ["<h3>Dynamic link: per change</h3>", _table(changes_table(s["dynamics"])),
                   "<h3>Dynamic link: utilisation per interval</h3>",
@@ -78,14 +81,35 @@ def _run_section(run_dir: Path) -> str:
     return "<section>" + "".join(parts) + "</section><hr>"
 
 
+# summary keys -> what a reader calls them, with the unit
+HEADLINE = {"duration_s": "Traffic duration (s)", "link_rate_mbps": "Bottleneck rate (Mbit/s)",
+            "capacity_mean_mbps": "Capacity in force, mean (Mbit/s)",
+            "utilization": "Link utilisation (0-1)", "jain_index": "Jain fairness index (0-1)",
+            "l4s_classic_rate_ratio": "L4S / Classic throughput ratio",
+            "decisions": "AQM decisions (count)", "missed_deadlines": "Missed decision deadlines",
+            "decide_us_p50": "Decision time, median (µs)", "decide_us_p99": "Decision time, p99 (µs)"}
+FLOW_COLUMNS = {"name": "Flow", "kind": "Kind", "ecn": "ECN", "cls": "Queue",
+                "goodput_mbps": "Goodput (Mbit/s)", "throughput_mbps": "Throughput (Mbit/s)",
+                "rtt_ms_p50": "RTT median (ms)", "rtt_ms_p95": "RTT p95 (ms)",
+                "retransmits": "Retransmits", "ecn_counts.ce": "CE-marked packets"}
+DELAY_COLUMNS = {"p50": "median", "p95": "p95", "p99": "p99", "p999": "p99.9"}
+CLASSES = {"l4s": "L4S", "classic": "Classic"}
+
+
 def _headline(s: dict[str, Any]) -> pd.DataFrame:
-    keys = ("duration_s", "link_rate_mbps", "capacity_mean_mbps", "utilization", "jain_index",
-            "l4s_classic_rate_ratio",
-            "decisions", "missed_deadlines", "decide_us_p50", "decide_us_p99")
-    rows = [(k, s.get(k)) for k in keys]
-    rows += [(f"{what} {cls}", (s.get(what) or {}).get(cls)) for what in ("marks", "drops")
-             for cls in ("l4s", "classic")]
-    return pd.DataFrame(rows, columns=["figure", "value"])
+    rows = [(label, s.get(k)) for k, label in HEADLINE.items()]
+    rows += [(f"{name} packets {word}", (s.get(key) or {}).get(cls))
+             for key, word in (("marks", "CE-marked"), ("drops", "dropped"))
+             for cls, name in CLASSES.items()]
+    return pd.DataFrame(rows, columns=["Figure", "Value"])
+
+
+def flows_table(flows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The flows with the columns a reader compares, labelled with units; the rest of each
+    flow's record stays in summary.json (a table of every key is wider than the page)."""
+    frame = pd.json_normalize(flows) if flows else pd.DataFrame()
+    cols = [c for c in FLOW_COLUMNS if c in frame.columns]
+    return frame[cols].rename(columns=FLOW_COLUMNS) if cols else frame
 
 
 def changes_table(dyn: dict[str, Any]) -> pd.DataFrame:
@@ -112,7 +136,46 @@ def _bound(value: Any, reached: Any) -> Any:
 
 def _delays(s: dict[str, Any]) -> pd.DataFrame:
     qd = s.get("queue_delay_ms") or {}
-    return pd.DataFrame([{"class": cls, **(qd.get(cls) or {})} for cls in ("l4s", "classic")])
+    frame = pd.DataFrame([{"class": CLASSES[cls], **(qd.get(cls) or {})} for cls in CLASSES])
+    return frame.rename(columns={"class": "Class", **DELAY_COLUMNS})
+
+
+def setup_html(m: dict[str, Any]) -> str:
+    """What produced the run, first: the testbed, its bottleneck link, the scenario's flows,
+    the policy. From the manifest (an older or aborted run may lack some: shown as '-')."""
+    spec = m.get("spec") or {}
+    hosts = spec.get("hosts") or []
+    roles = ", ".join(f"{h.get('name')} ({h.get('role')})" for h in hosts if isinstance(h, dict))
+    sc = m.get("scenario") or {}
+    flows = sc.get("flows") or []
+
+    def flow_line(f: dict[str, Any]) -> str:
+        how = f.get("cc") or f.get("rate") or f.get("ecn") or ""
+        when = f"from {f.get('start', '0s')}" + (f" for {f['duration']}" if f.get("duration") else "")
+        return f"{f.get('name')}: {f.get('kind')} {how} {f.get('src')} → {f.get('dst')}, {when}"
+
+    args = m.get("policy_args") or {}
+    items = [
+        ("Testbed", f"{m.get('testbed', '-')} ({m.get('provider', '-')}), {len(hosts)} hosts: {roles}"),
+        ("Bottleneck link", f"{_num(m.get('link_rate_mbps'))} Mbit/s, base RTT "
+                            f"{_num(m.get('rtt_ms'))} ms, buffer {_num(m.get('buffer_pkts'))} packets "
+                            f"({_num((m.get('buffer_bytes') or 0) / 1e3)} kB)"),
+        ("Scenario", f"{sc.get('name') or '(unnamed)'}, {_num(m.get('duration_s'))} s, "
+                     f"{len(flows)} flows"),
+        ("Flows", "<br>".join(html.escape(flow_line(f)) for f in flows if isinstance(f, dict)) or "-"),
+        ("AQM policy", f"{m.get('policy', '-')} on the {m.get('datapath', '-')} datapath"
+                       + (f" ({', '.join(f'{k}={v}' for k, v in args.items() if v is not None)})"
+                          if any(v is not None for v in args.values()) else " (defaults)")),
+        ("Seed", str(m.get("seed", "-"))),
+        ("Started", _value("started", m.get("started"))),
+    ]
+    body = "".join(f"<dt>{html.escape(k)}</dt><dd>{v if k == 'Flows' else html.escape(v)}</dd>"
+                   for k, v in items)
+    return f"<dl class='setup'>{body}</dl>"
+
+
+def _num(x: Any) -> str:
+    return f"{x:.4g}" if isinstance(x, int | float) and not isinstance(x, bool) else "-"
 
 
 def _manifest(manifest: dict[str, Any]) -> str:
@@ -141,4 +204,7 @@ def _comparison(runs: list[Path]) -> str:
 def _table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "<p>(none)</p>"
-    return frame.to_html(index=False, na_rep="-", float_format=lambda x: f"{x:.4g}", border=0, escape=True)
+    # in a scrolling box: a wide table scrolls inside the page instead of widening it
+    table = frame.to_html(index=False, na_rep="-", float_format=lambda x: f"{x:.4g}", border=0,
+                          escape=True)
+    return f"<div class='wide'>{table}</div>"

@@ -8,7 +8,6 @@ summarised from what it kept.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from orchestrator import strictjson
 from orchestrator.analysis import dynamics as dynmod
 from orchestrator.analysis import flows as flowmod
 from orchestrator.analysis import queue, steady
@@ -342,7 +342,7 @@ def write(a: Analysis) -> None:
     for name, frame in (("flows", a.flow_table), ("queue_delay", a.queue_table),
                         ("timeseries", a.timeseries), ("rtt", a.rtt)):
         write_table(frame, tables / name)
-    atomic_write(a.run.path / "summary.json", json.dumps(a.summary, indent=1) + "\n")
+    atomic_write(a.run.path / "summary.json", strictjson.dumps(a.summary, indent=1) + "\n")
 
 
 def write_table(frame: pd.DataFrame, stem: Path) -> None:

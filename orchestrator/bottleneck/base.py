@@ -25,6 +25,13 @@ class Datapath:
                    f"(it runs on: {', '.join(policy.datapaths)})"
         return None
 
+    def elsewhere(self, policy: Policy) -> str:
+        """Where else the policy runs, as advice: only datapaths that can run it."""
+        others = [d for d in policy.datapaths if d != self.name]
+        if not others:
+            return f"no other datapath runs {policy.name!r}"
+        return f"use --datapath {' or '.join(others)} (the datapaths that run {policy.name!r})"
+
     def check(self, policy: Policy) -> None:
         why = self.unsupported(policy)
         if why:

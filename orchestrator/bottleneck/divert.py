@@ -28,6 +28,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from orchestrator import strictjson
 from orchestrator.bottleneck.nfqueue_daemon import LinkDaemon
 
 IPPROTO_DIVERT = 258  # socket(AF_INET, SOCK_RAW, IPPROTO_DIVERT), still accepted by FreeBSD 14
@@ -77,7 +78,7 @@ class DivertProcess(LinkDaemon):
         super().__init__({**config, "kernel_timestamps": False})
         meta_path = Path(config["telemetry_dir"]) / "packets" / "meta.json"
         meta = json.loads(meta_path.read_text())
-        meta_path.write_text(json.dumps({**meta, "datapath": "divert"}, indent=1))
+        meta_path.write_text(strictjson.dumps({**meta, "datapath": "divert"}, indent=1))
         self.sock = sock or open_divert(int(config["divert_port"]))
         self.sock.setblocking(False)
 
@@ -137,7 +138,7 @@ class DivertProcess(LinkDaemon):
         counters.update(packets_logged=self.log.rows, wall_s=time.monotonic() - self.start)
         path = self.config.get("counters_path")
         if path:
-            Path(path).write_text(json.dumps(counters, indent=1))
+            Path(path).write_text(strictjson.dumps(counters, indent=1))
         print(f"divert done {json.dumps(counters)}", flush=True)
 
 

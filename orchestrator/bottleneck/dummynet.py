@@ -17,11 +17,11 @@ router and records how late each took effect); traces and random loss are refuse
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 import policies
+from orchestrator import strictjson
 from orchestrator.bottleneck import dynamic_run
 from orchestrator.bottleneck.base import Datapath
 from orchestrator.testbed.base import Testbed
@@ -69,10 +69,10 @@ class DummynetDatapath(Datapath):
         ssh = self._router()
         self.tel = Path(run_dir) / "telemetry"
         (self.tel / "packets").mkdir(parents=True, exist_ok=True)
-        (self.tel / "packets" / "meta.json").write_text(json.dumps({
+        (self.tel / "packets" / "meta.json").write_text(strictjson.dumps({
             "sample_rate": 0.0, "datapath": self.name, "per_packet": False,
             "sojourn": "not available: dummynet keeps no per-packet log"}, indent=1))
-        (self.tel / "dummynet.json").write_text(json.dumps(
+        (self.tel / "dummynet.json").write_text(strictjson.dumps(
             {"aqm": ssh.aqm or "fifo", "aqm_args": dict(ssh.aqm_args)}, indent=1, default=str))
         self._snapshot("start")
         self.run_dir = Path(run_dir)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import policies
+from orchestrator import strictjson
 from orchestrator.bottleneck import bpfobj, dynamic_run
 from orchestrator.bottleneck import shaping as link
 from orchestrator.bottleneck.base import Datapath
@@ -93,7 +94,7 @@ class EbpfDatapath(Datapath):
         self.remote = self.testbed.workdir(router, tel)  # brought back into tel by stop()
         self.cfg = self._config(policy, self.remote)
         self.cfg_path = f"{self.remote}/ebpf-agent.json"
-        self.testbed.put(router, self.cfg_path, json.dumps(self.cfg, indent=1, default=str))
+        self.testbed.put(router, self.cfg_path, strictjson.dumps(self.cfg, indent=1, default=str))
         try:
             self._agent_cmd("setup")
             qc = policy.queue_config()

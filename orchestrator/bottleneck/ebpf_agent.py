@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator import strictjson
 from orchestrator.bottleneck import bpfobj
 from orchestrator.bottleneck.control import ControlLoop
 from orchestrator.bottleneck.packetlog import write_part
@@ -233,7 +234,7 @@ class RecordLog:
                  flush_s: float = 1.0) -> None:
         self.ring, self.dir, self.flush_s = ring, directory, flush_s
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "meta.json").write_text(json.dumps(meta, indent=1))
+        (directory / "meta.json").write_text(strictjson.dumps(meta, indent=1))
         self.offset = time.time() - time.monotonic()  # bpf_ktime_get_ns is CLOCK_MONOTONIC
         self.part = len(list(directory.glob("part-*.parquet")))
         self.chunks: list[np.ndarray] = []
@@ -331,7 +332,7 @@ def run(cfg: dict[str, Any]) -> None:
         log.close()
         loop.close()
         stats = {**loop.stats(), "packets_logged": log.rows}
-        Path(cfg["stats_file"]).write_text(json.dumps(stats))
+        Path(cfg["stats_file"]).write_text(strictjson.dumps(stats))
         maps.close()
 
 

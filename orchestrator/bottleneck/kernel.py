@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from orchestrator import strictjson
 from orchestrator.bottleneck import dynamic_run
 from orchestrator.bottleneck import shaping as link
 from orchestrator.bottleneck.base import Datapath
@@ -58,14 +59,18 @@ class KernelDatapath(Datapath):
         kind = QDISC_OF.get(policy.name)
         if kind is None:
             return (f"policy {policy.name!r} has no Linux qdisc (the kernel datapath runs: "
-                    f"{', '.join(QDISC_OF)}); use the ebpf or nfqueue datapath")
+                    f"{', '.join(QDISC_OF)}); {self.elsewhere(policy)}")
         try:
             leaf_args(policy, self.testbed.bottleneck.buffer_pkts, self.testbed.bottleneck.rate_bps)
         except UserError as e:
             return str(e)
         if self.testbed.shares_files(self.testbed.bottleneck.router):
-            return missing(kind)  # the router runs this machine's kernel
-        return missing_on(self.testbed, kind)
+            why = missing(kind)  # the router runs this machine's kernel
+        else:
+            why = missing_on(self.testbed, kind)
+        # suggest only datapaths that run this policy (CoDel has no ebpf version)
+        return why.replace("Use the ebpf or nfqueue datapath here.", self.elsewhere(policy) + ".") \
+            if why else None
 
     def start(self, policy: Policy, run_dir: Path) -> None:
         self.check(policy)
@@ -76,7 +81,7 @@ class KernelDatapath(Datapath):
         tel = run_dir / "telemetry"
         packets = tel / "packets"
         packets.mkdir(parents=True, exist_ok=True)
-        (packets / "meta.json").write_text(json.dumps({
+        (packets / "meta.json").write_text(strictjson.dumps({
             "sample_rate": 0.0, "datapath": self.name, "per_packet": False,
             "sojourn": "not available: a kernel qdisc keeps no per-packet log; see telemetry/qdisc"},
             indent=1))

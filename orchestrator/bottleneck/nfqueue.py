@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import policies
+from orchestrator import strictjson
 from orchestrator.bottleneck import shaping as link
 from orchestrator.bottleneck.base import Datapath
 from orchestrator.errors import UserError
@@ -56,7 +57,7 @@ class NfqueueDatapath(Datapath):
         self.remote = tb.workdir(bn.router, tel)  # brought back into tel by stop()
         config_path = f"{self.remote}/nfqueue-config.json"
         config = self.config(policy)
-        tb.put(bn.router, config_path, json.dumps(config, indent=1, default=str))
+        tb.put(bn.router, config_path, strictjson.dumps(config, indent=1, default=str))
         tb.run(bn.router, ["rm", "-f", config["counters_path"]])  # never report an earlier run's
         self.log_path = tel / "nfqueue-link.log"  # its stdout: on this machine for every provider
         argv = [tb.python(bn.router), "-m", "orchestrator.bottleneck.nfqueue_daemon", "--config", config_path]

@@ -20,6 +20,7 @@ from random import seed as random_seed
 from time import monotonic
 from typing import Any
 
+from orchestrator import strictjson
 from orchestrator.bottleneck.dualq import WIRE_MTU
 from orchestrator.bottleneck.nfqueue_link import Controller, Link, buffer_limits, sample_rate
 from orchestrator.bottleneck.packetlog import PacketLog
@@ -225,7 +226,7 @@ class LinkDaemon:
                         cpu_sys_s=usage.ru_stime, wall_s=time.monotonic() - self.start)
         path = self.config.get("counters_path")
         if path:
-            Path(path).write_text(json.dumps(counters, indent=1))
+            Path(path).write_text(strictjson.dumps(counters, indent=1))
         print(f"nfqueue-link done {json.dumps(counters)}", flush=True)
 
 

@@ -10,7 +10,6 @@ but its last second.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import threading
@@ -20,6 +19,8 @@ from random import random
 from typing import Any
 
 import numpy as np
+
+from orchestrator import strictjson
 
 HEADER_BYTES = 24  # IPv4 header without options (20) + the ports of TCP/UDP (4)
 ETH_HEADER = 14  # logged sizes are L2 bytes, as the link (and HTB) counts them
@@ -49,7 +50,7 @@ class PacketLog:
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "meta.json").write_text(json.dumps(
+        (self.dir / "meta.json").write_text(strictjson.dumps(
             {"sample_rate": sample_rate, **(meta or {})}, indent=1))
         self.sample_rate = sample_rate
         self.offset = epoch_offset

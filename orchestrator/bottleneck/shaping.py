@@ -11,12 +11,12 @@ Delay: netem where the kernel has it, else the project's NFQUEUE delay line (del
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+from orchestrator import strictjson
 from orchestrator.spec import units
 from orchestrator.testbed.base import Bottleneck, Host, Testbed
 
@@ -127,7 +127,7 @@ def _delay_line(tb: Testbed) -> None:
     bn = tb.bottleneck
     # the config goes where the router reads files (this machine for namespaces, else pushed)
     path = f"{tb.workdir(bn.router, tb.state_dir)}/delayline.json"
-    tb.put(bn.router, path, json.dumps(delay_config(tb)))
+    tb.put(bn.router, path, strictjson.dumps(delay_config(tb)))
     log_path = tb.state_dir / "delayline.log"
     with open(log_path, "wb") as log:  # the process's stdout, through ssh on remote routers
         # run from the project (its place on the router, for ssh) so `-m` finds this checkout's

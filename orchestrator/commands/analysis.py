@@ -26,8 +26,17 @@ def analyze(run: str, bin_s: float) -> None:
     """Rerun the analysis of RUN: summary.json, tables/, plots/, report.html."""
     from orchestrator.analysis import analyze as do_analyze
     from orchestrator.analysis import compare
+    from orchestrator.experiment.results import mark_if_orphan
 
+    if not 0 < bin_s <= 60:  # also refuses nan and inf
+        raise UserError(f"--bin: expected seconds from 0 to 60, got {bin_s:g}")
     path = run_path(run)
+    # only a run folder: analyze writes summary, tables, plots and a report into it
+    if not (path / "manifest.json").is_file():
+        raise UserError(f"{path}: not a run folder (it has no manifest.json); nothing written")
+    if mark_if_orphan(path / "manifest.json"):
+        click.echo(f"{path}: its process died while running; marked aborted in manifest.json",
+                   err=True)
     do_analyze(path, bin_s=bin_s)
     click.echo(compare.render(compare.compare([path])), nl=False)
     click.echo(f"summary: {path / 'summary.json'}\nreport:  {path / 'report.html'}")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from orchestrator.commands.run import parse_policy_args
+from orchestrator.errors import POLICY_ERRORS, UserError
 
 
 @click.command()
@@ -40,15 +41,26 @@ def collect(matrix: str, out: str, name: str | None) -> None:
 @click.option("--testbed", "name", help="Testbed name (default: the only one up).")
 def evaluate(out: str, specs: tuple[str, ...], repeat: int, name: str | None) -> None:
     """Run policies closed loop on the held-out scenarios; print one table with spread."""
+    import policies
     from orchestrator import providers
     from orchestrator.commands.view import RunProgress
     from orchestrator.experiment import collect as col
 
-    tb = providers.load(name)
+    if not (Path(out) / "collect.json").is_file():
+        raise UserError(f"--out: {out} is not a collection folder (no collect.json); "
+                        f"make one with `testbed collect --out {out}`")
+    if repeat < 1:
+        raise UserError(f"--repeat: expected 1 or more, got {repeat}")
     chosen = []
     for spec in specs or ("dualpi2", "pie"):
         policy, _, args = spec.partition(":")
-        chosen.append((policy, parse_policy_args(tuple(a for a in args.split(",") if a))))
+        parsed = parse_policy_args(tuple(a for a in args.split(",") if a))
+        try:  # every spec before the first run: a typo in the last must not cost the others
+            policies.make(policy, parsed)
+        except POLICY_ERRORS as e:
+            raise UserError(f"--policy {spec}: {e}") from None
+        chosen.append((policy, parsed))
+    tb = providers.load(name)
     with RunProgress() as progress:
         rows = col.evaluate(tb, Path(out), chosen, repeat, progress.update)
     frame = col.table(Path(out), rows)

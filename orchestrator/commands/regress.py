@@ -9,7 +9,9 @@ from pathlib import Path
 
 import click
 
+from orchestrator import strictjson
 from orchestrator.errors import UserError
+from orchestrator.spec.scenario import MAX_DURATION_S
 
 
 @click.command()
@@ -20,16 +22,24 @@ from orchestrator.errors import UserError
 @click.option("--testbed", "name", help="Testbed name (default: the only one up).")
 @click.option("--results", "results_root", type=click.Path(file_okay=False), default="results",
               show_default=True, help="Where the suite's runs and comparison table go.")
+@click.option("--duration", type=float,
+              help="Seconds every case lasts instead of the suite's (a quick check: compare only "
+                   "with a baseline made with the same --duration).")
 @click.option("--current", "current_file", type=click.Path(exists=True, dir_okay=False),
               help="Compare the current.json of an earlier regress instead of running the suite.")
 def regress(suite_file: str, baseline_file: str, update_baseline: bool, name: str | None,
-            results_root: str, current_file: str | None) -> None:
+            results_root: str, duration: float | None, current_file: str | None) -> None:
     """Run the scenarios x policies of SUITE_FILE, compare each metric of summary.json with
     the baseline, write a comparison table (CSV, and printed), and exit 1 if any metric
     drifted past its tolerance (or a run failed)."""
     from orchestrator.experiment import regress as rg
 
     suite = rg.load_suite(suite_file)
+    if duration is not None:
+        if not 0 < duration <= MAX_DURATION_S:  # also refuses nan and inf
+            raise UserError(f"--duration: expected seconds from 0 to {MAX_DURATION_S:g}, "
+                            f"got {duration:g}")
+        suite = rg.with_duration(suite, f"{duration:g}s")
     baseline_path = Path(baseline_file)
     baseline = {} if update_baseline else rg.read_baseline(baseline_path, suite)  # before any run
     out_dir = Path(results_root) / f"regress-{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -39,7 +49,7 @@ def regress(suite_file: str, baseline_file: str, update_baseline: bool, name: st
         testbed = {}
     else:
         current, testbed = _run(suite, name, out_dir)
-    (out_dir / "current.json").write_text(json.dumps(current, indent=1, sort_keys=True) + "\n")
+    (out_dir / "current.json").write_text(strictjson.dumps(current, indent=1, sort_keys=True) + "\n")
     if update_baseline:
         rg.write_baseline(baseline_path, suite, current, testbed)
         click.echo(f"baseline written: {baseline_path} ({len(current)} runs)")
@@ -68,7 +78,9 @@ def _run(suite: object, name: str | None, out_dir: Path) -> tuple[dict, dict]:
         current = rg.run_suite(tb, suite, out_dir,
                                on_run=lambda key, run_dir, status: click.echo(f"{key}: {status} ({run_dir})"))
     except KeyboardInterrupt:
-        raise UserError(f"interrupted; the runs so far are in {out_dir}") from None
+        # said here, then re-raised so the exit code stays 130 (Ctrl-C) or 143 (SIGTERM)
+        click.echo(f"interrupted; the runs so far are in {out_dir}", err=True)
+        raise
     return current, testbed
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from orchestrator import bottleneck
-from orchestrator.errors import UserError
+from orchestrator.errors import UserError, exit_code_of
 from orchestrator.experiment import results
 from orchestrator.spec import scenario as scenario_mod
 
@@ -47,7 +47,7 @@ def load_scenario(path: str | None, tb: Any) -> Any:
               help="Policy parameter; repeat for several.")
 @click.option("--testbed", "name", help="Testbed name (default: the only one up).")
 @click.option("--results", "results_root", type=click.Path(file_okay=False), default="results",
-              show_default=True)
+              show_default=True, help="Folder the run (or sweep) folders are created in.")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False),
               help="Resume a sweep directory: run only its points not yet complete.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -61,10 +61,16 @@ def run(policy: str | None, datapath: str | None, scenario_file: str | None, dur
     from orchestrator.experiment import sweep
     from orchestrator.experiment.run import RunConfig
 
-    tb = providers.load(name)
-    results.mark_orphans(Path(results_root))
+    if duration is not None and not 0 < duration <= scenario_mod.MAX_DURATION_S:
+        raise UserError(f"--duration: expected seconds from 0 to "
+                        f"{scenario_mod.MAX_DURATION_S:g}, got {duration:g}")
     if repeat < 1:
         raise UserError(f"--repeat: expected 1 or more, got {repeat}")
+    if resume and not (Path(resume) / "sweep.json").is_file():
+        raise UserError(f"--resume: {resume} is not a sweep folder (it has no sweep.json)")
+    tb = providers.load(name)
+    results.writable_root(Path(results_root))
+    results.mark_orphans(Path(results_root))
     if resume:
         sweep_dir = Path(resume)
     else:
@@ -77,7 +83,8 @@ def run(policy: str | None, datapath: str | None, scenario_file: str | None, dur
             scenario = scenario.model_copy(update={"sweep": {k: v for k, v in scenario.sweep.items()
                                                              if k != "policy"}})
         if not scenario.sweep and repeat == 1:
-            _single(tb, scenario, config, Path(results_root), as_json)
+            source = scenario_file or tb.spec().source or f"testbed {tb.name!r}"
+            _single(tb, scenario, config, Path(results_root), as_json, source)
             return
         sweep_dir = sweep.create(Path(results_root), scenario, config, repeat)
     with RunProgress() as progress:
@@ -93,21 +100,26 @@ def run(policy: str | None, datapath: str | None, scenario_file: str | None, dur
     click.echo(f"sweep: {sweep_dir} ({len(runs)} runs)")
 
 
-def _single(tb: Any, scenario: Any, config: Any, root: Path, as_json: bool) -> None:
+def _single(tb: Any, scenario: Any, config: Any, root: Path, as_json: bool, source: str) -> None:
     from orchestrator.commands.view import RunProgress, print_summary
     from orchestrator.experiment.run import Run
 
     config.results_root = root
-    run_ = Run(tb, scenario, config)
+    try:
+        run_ = Run(tb, scenario, config)
+    except UserError as e:
+        # the checks against the testbed (flows, policy, datapath) happen here: say which
+        # file the scenario came from
+        raise UserError(str(e) if source in str(e) else f"{source}: {e}") from None
     for warning in run_.warnings:
         click.echo(f"warning: {warning}", err=True)
     try:
         with RunProgress(total_s=run_.scenario.duration_s) as progress:
             run_dir = run_.execute(progress.update)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if run_.dir is not None:
             click.echo(f"run aborted; partial results kept in {run_.dir}", err=True)
-        sys.exit(130)
+        sys.exit(exit_code_of(e))
     print_summary(run_dir, as_json)
 
 

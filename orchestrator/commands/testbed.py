@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import click
 
-from orchestrator import providers
+from orchestrator import providers, strictjson
+from orchestrator.commands.view import delay_words
 from orchestrator.errors import UserError
 from orchestrator.spec.names import testbed_name
 from orchestrator.testbed import state
@@ -20,11 +20,13 @@ def up(file: str) -> None:
     from orchestrator.spec import schema
 
     spec = schema.load(file)
-    tb = providers.up(spec)
+    click.echo(f"building testbed {spec.name!r}: {len(spec.hosts)} hosts, {len(spec.links)} links",
+               err=True)
+    tb = providers.up(spec, progress=lambda msg: click.echo(f"  {msg}", err=True))
     bn = tb.bottleneck
     click.echo(f"testbed {tb.name!r} is up: {len(tb.hosts)} hosts, bottleneck {bn.router}:{bn.egress} "
                f"{bn.rate_bps / 1e6:g} Mbit/s, base RTT {bn.rtt_s * 1e3:g} ms, "
-               f"buffer {bn.buffer_pkts} packets, delay by {bn.delay_mode}")
+               f"buffer {bn.buffer_pkts} packets, {delay_words(bn.rtt_s, bn.delay_mode)}")
     dyn = spec.bottleneck.dynamics()
     if dyn.dynamic:  # the figures above are the nominal ones; runs apply the schedule
         from orchestrator.spec.dynamic import describe
@@ -34,19 +36,29 @@ def up(file: str) -> None:
 
 @click.command()
 @click.argument("name", required=False)
-@click.option("--all", "all_", is_flag=True, help="Tear down every testbed of this tool.")
+@click.option("--all", "all_", is_flag=True,
+              help="Tear down every testbed this tool's state knows (see `testbed status`).")
 def down(name: str | None, all_: bool) -> None:
-    """Tear down testbed NAME (or the only one up). Safe to repeat."""
+    """Tear down testbed NAME (or the only one up). Safe to repeat.
+
+    Without NAME it acts only when exactly one testbed is up; namespaces named like a testbed
+    but unknown to the state (another tool's, or another state root's) are never removed
+    unless named."""
+    known = state.names_up()
     if all_:
-        names = sorted(set(state.names_up()) | providers.leftover_names())
+        names = known
     elif name is not None:
         names = [testbed_name(name)]
     else:
-        names = state.names_up() or sorted(providers.leftover_names())
-        if len(names) > 1:
-            raise UserError(f"several testbeds are up ({', '.join(names)}); name one or use --all")
+        if len(known) > 1:
+            raise UserError(f"several testbeds are up ({', '.join(known)}); name one "
+                            f"(`testbed down NAME`) or use --all")
+        names = known
     if not names:
-        click.echo("no testbed is up; nothing to do")
+        stray = sorted(providers.leftover_names() - set(known))
+        hint = (f" (namespaces of {', '.join(stray)} exist without state here; remove one with "
+                f"`testbed down NAME` if it is yours)" if stray else "")
+        click.echo(f"no testbed is up; nothing to do{hint}")
     for n in names:
         removed = providers.down(n)
         click.echo(f"testbed {n!r} is down ({len(removed)} objects removed)")
@@ -63,7 +75,7 @@ def status(name: str | None, as_json: bool) -> None:
     names = [testbed_name(name)] if name is not None else state.names_up()
     info = [describe(providers.load(n)) for n in names]
     if as_json:
-        click.echo(json.dumps(info, indent=1))
+        click.echo(strictjson.dumps(info, indent=1))
     elif not info:
         click.echo("no testbed is up")
     else:

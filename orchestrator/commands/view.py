@@ -12,7 +12,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from orchestrator import strictjson
+
 console = Console(stderr=True)
+
+
+def delay_words(rtt_s: float, mode: str) -> str:
+    """How the base RTT is made; `rtt: 0ms` adds none, whatever the delay mode."""
+    return f"delay by {mode}" if rtt_s > 0 else "no added delay"
 
 
 class RunProgress:
@@ -62,7 +69,7 @@ def print_summary(run_dir: Path, as_json: bool = False) -> None:
         return
     summary = json.loads(path.read_text())
     if as_json:
-        click.echo(json.dumps(summary, indent=1))
+        click.echo(strictjson.dumps(summary, indent=1))
         return
     out = Console()
     head = Table(title=f"{summary.get('policy')} on {summary.get('datapath')}, "
@@ -120,7 +127,8 @@ def render_status(info: dict[str, Any]) -> str:
     bn = info["bottleneck"]
     lines = [f"testbed {info['name']} ({info['provider']}, {info['status']})",
              f"  bottleneck {bn['router']}:{bn['egress']}  {bn['rate_mbps']:g} Mbit/s  "
-             f"RTT {bn['rtt_ms']:g} ms  buffer {bn['buffer_pkts']} pkts  delay by {bn['delay_mode']}",
+             f"RTT {bn['rtt_ms']:g} ms  buffer {bn['buffer_pkts']} pkts  "
+             f"{delay_words(bn['rtt_ms'] / 1e3, bn['delay_mode'])}",
              "  hosts:"]
     for h in info["hosts"]:
         lines.append(f"    {h['name']:<10} {h['role']:<9} {', '.join(h['addresses'])}")

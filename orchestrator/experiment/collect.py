@@ -17,8 +17,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+import policies
 from orchestrator.bottleneck import DEFAULT_DATAPATH
-from orchestrator.errors import SpecError, UserError
+from orchestrator.errors import POLICY_ERRORS, SpecError, UserError
 from orchestrator.experiment import results
 from orchestrator.experiment.points import LINK_KEYS, PointFile, is_complete, run_point
 from orchestrator.experiment.run import Run, RunConfig
@@ -84,9 +85,19 @@ class Matrix(BaseModel):
 def load_matrix(path: str | Path) -> Matrix:
     matrix = load_model(path, Matrix, what="a matrix (a mapping)")
     for i, rate in enumerate(matrix.rate):
-        _check(path, f"rate[{i}]", units.rate_bps, rate)
+        _check(path, f"rate[{i}]", units.bounded_rate, rate)
     for i, rtt in enumerate(matrix.rtt):
-        _check(path, f"rtt[{i}]", units.seconds, rtt)
+        _check(path, f"rtt[{i}]", units.bounded_delay, rtt)
+    for i, buffer in enumerate(matrix.buffer):
+        _check(path, f"buffer[{i}]", lambda v: units.buffer_size(v, 1e6, 0.02)[0], buffer)
+    for i, name in enumerate(matrix.behaviours):
+        # a policy name is checked here, naming the file, before any folder is made
+        try:
+            policies.make(name, {})
+        except POLICY_ERRORS as e:
+            raise SpecError(str(path), f"behaviours[{i}]", str(e)) from None
+    if not matrix.behaviours:
+        raise SpecError(str(path), "behaviours", "expected at least one policy")
     from orchestrator.spec.dynamic import check_mapping, with_absolute_trace
 
     for i, dyn in enumerate(matrix.dynamics):

@@ -17,8 +17,9 @@ A suite file (regress/*.yaml):
 
 A baseline file is JSON: {"suite", "created", "testbed", "results": {"<case>/<policy>": {metric:
 value}}}. `compare` gives one row per (case/policy, metric) with status ok, DRIFT (past its
-tolerance), missing (no value now), new (no baseline value) or failed (the run did not
-complete); a suite passes when no row is DRIFT, missing or failed.
+tolerance), missing (no value now), new (no baseline value), absent (no value in either: not
+a change) or failed (the run did not complete); a suite passes when no row is DRIFT, missing,
+new or failed.
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from orchestrator import strictjson
 from orchestrator.bottleneck import DEFAULT_DATAPATH
 from orchestrator.errors import POLICY_ERRORS, SpecError, UserError
 from orchestrator.spec import units
 from orchestrator.spec.load import load_model, read_yaml, validate
 
-FAILING = ("DRIFT", "missing", "failed")
+# a metric absent in one of baseline and run is a change; absent in both ("absent") is not
+FAILING = ("DRIFT", "missing", "new", "failed")
 FLOW_PATH = re.compile(r"^flows\[([a-z0-9_-]+)\]\.(.+)$")
 
 
@@ -169,6 +172,9 @@ def compare(current: dict[str, dict[str, Any]], baseline: dict[str, dict[str, An
             b, c = base.get(name), cur.get(name)
             if failed:
                 status = "failed"
+            elif c is None and b is None:
+                # absent in both (a case without L4S traffic has no L4S delays): no drift
+                status = "absent"
             elif c is None:
                 status = "missing"
             elif b is None:
@@ -232,7 +238,7 @@ def write_baseline(path: Path, suite: Suite, current: dict[str, dict[str, Any]],
     data = {"suite": suite.name, "created": time.time(), "testbed": testbed, "results": results}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    tmp.write_text(strictjson.dumps(data, indent=1, sort_keys=True) + "\n")
     tmp.replace(path)
 
 
@@ -300,6 +306,13 @@ def _summary(run_dir: Path) -> dict[str, Any]:
         return json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
         return {}
+
+
+def with_duration(suite: Suite, duration: str) -> Suite:
+    """The suite with every case lasting `duration` (a quick check; compare it only with a
+    baseline made with the same duration)."""
+    return suite.model_copy(update={"duration": duration, "cases": [
+        c.model_copy(update={"duration": None}) for c in suite.cases]})
 
 
 def tolerances(suite: Suite) -> dict[str, dict[str, Tolerance]]:

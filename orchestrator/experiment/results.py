@@ -15,14 +15,30 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator import strictjson
+
 RESULTS_ROOT = Path(os.environ.get("TESTBED_RESULTS", "results"))
 
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically: readers never see half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.write_text(strictjson.dumps(data, indent=1, default=str))
     os.replace(tmp, path)
+
+
+def writable_root(root: Path) -> Path:
+    """`root` created if needed and writable, else a UserError: found at the start of a run,
+    not as a traceback once traffic has flowed."""
+    from orchestrator.errors import UserError
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--results: cannot create {root}: {e.strerror}") from None
+    if not root.is_dir() or not os.access(root, os.W_OK | os.X_OK):
+        raise UserError(f"--results: {root} is not a folder this user can write to")
+    return root
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -77,18 +93,23 @@ def git_revision() -> str:
 
 def mark_orphans(root: Path | None = None) -> list[Path]:
     """Mark runs whose process died while `running` as aborted; return them."""
-    found = []
-    for manifest in sorted((root or RESULTS_ROOT).glob("*/manifest.json")):
-        try:
-            data = read_json(manifest)
-        except (OSError, ValueError):
-            continue
-        if data.get("status") == "running" and not _alive(int(data.get("pid", 0))):
-            data.update(status="aborted", ended=data.get("ended") or time.time(),
-                        abort_reason="the run's process died")
-            write_json(manifest, data)
-            found.append(manifest.parent)
-    return found
+    return [m.parent for m in sorted((root or RESULTS_ROOT).glob("*/manifest.json"))
+            if mark_if_orphan(m)]
+
+
+def mark_if_orphan(manifest: Path) -> bool:
+    """Mark the run of `manifest` aborted if it says `running` but its process is gone (a
+    kill -9); True if it was marked."""
+    try:
+        data = read_json(manifest)
+    except (OSError, ValueError):
+        return False
+    if data.get("status") == "running" and not _alive(int(data.get("pid", 0) or 0)):
+        data.update(status="aborted", ended=data.get("ended") or time.time(),
+                    abort_reason="the run's process died")
+        write_json(manifest, data)
+        return True
+    return False
 
 
 def _alive(pid: int) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.bottleneck import DEFAULT_DATAPATH, datapath_class
-from orchestrator.errors import UserError, policy_errors
+from orchestrator.errors import Terminated, UserError, policy_errors
 from orchestrator.experiment import results
 from orchestrator.spec.scenario import Scenario
 from orchestrator.testbed.base import Testbed
@@ -48,7 +48,11 @@ def with_duration(scenario: Scenario, duration_s: float | None) -> Scenario:
         return scenario
     if duration_s <= 0:
         raise UserError(f"--duration: expected a positive number of seconds, got {duration_s:g}")
-    flows = [f for f in scenario.flows if f.start_s < duration_s]
+    # a shorter run cuts the flows: those starting after its end go, and one timed to end
+    # after it ends with it (a size-bounded flow just stops at the end, as it would anyway)
+    flows = [f if f.duration is None or f.start_s + f.duration_s(duration_s) <= duration_s
+             else f.model_copy(update={"duration": f"{duration_s - f.start_s:g}s"})
+             for f in scenario.flows if f.start_s < duration_s]
     return scenario.model_copy(update={"duration": f"{duration_s}s", "flows": flows})
 
 
@@ -165,7 +169,7 @@ def _params(policy: Any) -> dict[str, Any]:
 def _interrupt_on_sigterm() -> Callable[[], None]:
     """SIGTERM behaves like Ctrl-C, so `kill` of a run also cleans up and marks it aborted."""
     def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        raise Terminated
 
     try:
         old = signal.signal(signal.SIGTERM, handler)

@@ -4,6 +4,7 @@ the key path and what was expected."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,14 +37,68 @@ def message(err: dict[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
+# Deeper than any real file; a 20,000-deep list would exhaust Python's stack in the parser.
+MAX_DEPTH = 50
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load, but a key given twice in one mapping is an error (else the last silently
+    wins) and nesting stops at MAX_DEPTH."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                dup = key in seen
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if dup:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def non_finite(data: Any, path: str = "") -> str | None:
+    """The key path of the first NaN or infinity in `data` (YAML's .nan, .inf), else None."""
+    todo: list[tuple[Any, str]] = [(data, path)]
+    while todo:
+        value, where = todo.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return where
+        if isinstance(value, dict):
+            todo.extend((v, f"{where}.{k}" if where else str(k)) for k, v in value.items())
+        elif isinstance(value, list):
+            todo.extend((v, f"{where}[{i}]") for i, v in enumerate(value))
+    return None
+
+
 def parse_yaml(text: str, source: str) -> Any:
-    """YAML text -> data; SpecError (with the line) when it is not YAML."""
+    """YAML text -> data; SpecError (with the line) when it is not YAML, has a duplicated
+    key, is nested too deep or holds a non-finite number."""
     try:
-        return yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else ""
         raise SpecError(source, where, f"not valid YAML: {getattr(e, 'problem', e)}") from None
+    except RecursionError:
+        raise SpecError(source, "", f"not valid YAML: nested deeper than {MAX_DEPTH} levels") from None
+    bad = non_finite(data)
+    if bad is not None:
+        raise SpecError(source, bad, "expected a finite number, got NaN or infinity")
+    return data
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -17,6 +17,8 @@ from orchestrator.spec import units
 from orchestrator.spec.load import read_yaml, validate
 from orchestrator.spec.prague import PragueOptions
 
+# a day: longer runs are a typo (or 'inf'), and the pcaps of one would fill any disk
+MAX_DURATION_S = 86400.0
 FLOW_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,23}$")
 ECN = Literal["not-ect", "ect0", "ect1", "ce"]
 
@@ -45,18 +47,21 @@ class FlowSpec(BaseModel):
             raise ValueError(f"expected a flow name of lowercase letters, digits, '-' or '_', got {v!r}")
         return v
 
+    _time_unit = field_validator("start", "duration", mode="before")(units.needs_unit("2s"))
+    _rate_unit = field_validator("rate", "size", mode="before")(units.needs_unit("10mbit"))
+
     @field_validator("start", "duration")
     @classmethod
     def _time(cls, v: str | None) -> str | None:
-        if v is not None and units.seconds(v) < 0:
-            raise ValueError(f"expected a non-negative time like '2s', got {v!r}")
+        if v is not None and units.seconds(v) > MAX_DURATION_S:
+            raise ValueError(f"expected a time of at most {MAX_DURATION_S:g}s, got {v!r}")
         return v
 
     @field_validator("rate")
     @classmethod
     def _rate(cls, v: str | None) -> str | None:
-        if v is not None and units.rate_bps(v) <= 0:
-            raise ValueError(f"expected a positive rate like '10mbit', got {v!r}")
+        if v is not None:
+            units.bounded_rate(v)
         return v
 
     @field_validator("size")
@@ -118,11 +123,31 @@ class Scenario(BaseModel):
     link: dict[str, Any] | None = None
     _source: str = PrivateAttr("")  # the file it came from, for errors found at run time
 
+    _duration_unit = field_validator("duration", mode="before")(units.needs_unit("10s"))
+
+    @field_validator("flows")
+    @classmethod
+    def _some_flows(cls, v: list[FlowSpec]) -> list[FlowSpec]:
+        if not v:
+            raise ValueError("expected at least one flow")
+        return v
+
+    @field_validator("policy_args")
+    @classmethod
+    def _scalar_args(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # each value becomes one --policy-arg: a list or a mapping has no meaning there
+        for key, value in v.items():
+            if not isinstance(value, str | int | float | bool):
+                raise ValueError(f"expected a number, a string or a boolean for {key!r}, "
+                                 f"got {value!r}")
+        return v
+
     @field_validator("duration")
     @classmethod
     def _duration(cls, v: str) -> str:
-        if units.seconds(v) <= 0:
-            raise ValueError(f"expected a positive duration like '10s', got {v!r}")
+        if not 0 < units.seconds(v) <= MAX_DURATION_S:
+            raise ValueError(f"expected a duration from 0 to {MAX_DURATION_S:g}s like '10s', "
+                             f"got {v!r}")
         return v
 
     @property
@@ -157,6 +182,7 @@ class Scenario(BaseModel):
             if flow.start_s >= self.duration_s:
                 raise SpecError(source, f"{path}.start",
                                 f"starts at {flow.start} but the scenario lasts {self.duration}")
+        self._check_policy(source, prefix)
         for key, values in self.sweep.items():
             # a host's access-link delay (bottleneck/access_delay.py)
             if key.startswith("delay."):
@@ -183,9 +209,35 @@ class Scenario(BaseModel):
                     raise SpecError(source, f"{prefix}sweep.{key}[{j}]", str(e)) from None
 
 
+    def _check_policy(self, source: str, prefix: str) -> None:
+        """The scenario's own policy and policy_args, now and naming this file: at run time the
+        same error would not say where the bad value came from."""
+        import policies
+        from policies.errors import ParamError, PolicyError
+
+        swept = self.sweep.get("policy")
+        for j, name in enumerate(swept if isinstance(swept, list) else []):
+            if isinstance(name, str):
+                try:
+                    policies.resolve(name)
+                except (ParamError, PolicyError) as e:
+                    raise SpecError(source, f"{prefix}sweep.policy[{j}]", str(e)) from None
+        if self.policy is None:
+            return
+        try:
+            cls = policies.resolve(self.policy)
+        except (ParamError, PolicyError) as e:
+            raise SpecError(source, f"{prefix}policy", str(e)) from None
+        text = {k: str(v).lower() if isinstance(v, bool) else str(v) if isinstance(v, int | float)
+                else v for k, v in self.policy_args.items()}
+        try:
+            cls.Params.from_args(text)
+        except (ParamError, PolicyError) as e:
+            raise SpecError(source, f"{prefix}policy_args", str(e)) from None
+
+
 def _check_delay(value: Any) -> None:
-    if units.seconds(value) < 0:
-        raise ValueError(f"expected a non-negative delay like '5ms', got {value!r}")
+    units.bounded_delay(value)
 
 
 def _check_name(value: Any) -> None:
@@ -197,15 +249,8 @@ def _check_buffer(value: Any) -> None:
     units.buffer_size(value, 1e6, 0.02)
 
 
-def _check_positive(parse: Any) -> Any:
-    def check(value: Any) -> None:
-        if parse(value) <= 0:
-            raise ValueError(f"expected a positive value, got {value!r}")
-    return check
-
-
 SWEEP_CHECKS = {"policy": _check_name, "datapath": _check_name, "buffer": _check_buffer,
-                "rate": _check_positive(units.rate_bps), "rtt": _check_positive(units.seconds)}
+                "rate": units.bounded_rate, "rtt": units.bounded_delay}
 
 
 def load(path: str, roles: dict[str, str]) -> Scenario:

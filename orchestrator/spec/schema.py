@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from orchestrator.errors import SpecError
-from orchestrator.spec import units
+from orchestrator.spec import graph, units
 from orchestrator.spec.load import parse_yaml, read_yaml, validate
 from orchestrator.spec.names import HOST_NAME, TESTBED_NAME
 from orchestrator.spec.scenario import Scenario
@@ -61,11 +61,12 @@ class DelaySpec(Strict):
     forward: str = "0ms"  # sender -> receiver, before the bottleneck queue
     reverse: str = "0ms"  # receiver -> sender (the ACK path)
 
+    _numbers = field_validator("forward", "reverse", mode="before")(units.needs_unit("20ms"))
+
     @field_validator("forward", "reverse")
     @classmethod
     def _time(cls, v: str) -> str:
-        if units.seconds(v) < 0:
-            raise ValueError(f"expected a non-negative time, got {v!r}")
+        units.bounded_delay(v)
         return v
 
 
@@ -79,18 +80,30 @@ class BottleneckSpec(Strict):
     delay_mode: Literal["auto", "netem", "nfqueue"] = "auto"
     loss: str | float | dict[str, Any] | None = None  # random loss (nfqueue datapath)
 
+    _rate_unit = field_validator("rate", mode="before")(units.needs_unit("50mbit"))
+    _rtt_unit = field_validator("rtt", mode="before")(units.needs_unit("20ms"))
+
     @field_validator("rate")
     @classmethod
     def _rate(cls, v: str | list[Any] | None) -> str | list[Any] | None:
-        if isinstance(v, str) and units.rate_bps(v) <= 0:
-            raise ValueError(f"expected a positive rate like '50mbit', got {v!r}")
+        if isinstance(v, str):
+            units.bounded_rate(v)
         return v
 
     @field_validator("rtt")
     @classmethod
     def _rtt(cls, v: str | list[Any] | None) -> str | list[Any] | None:
-        if isinstance(v, str) and units.seconds(v) < 0:
-            raise ValueError(f"expected a non-negative time like '20ms', got {v!r}")
+        # rtt: 0ms means no added delay (the base RTT is then the veths' few microseconds)
+        if isinstance(v, str):
+            units.bounded_delay(v)
+        return v
+
+    @field_validator("buffer", mode="before")
+    @classmethod
+    def _not_bool(cls, v: object) -> object:
+        # pydantic would take `buffer: true` as 1 packet
+        if isinstance(v, bool) or not isinstance(v, str | int):
+            raise ValueError(f"expected a buffer like 1000, '300kb' or '1.5bdp', got {v!r}")
         return v
 
     def dynamics(self, source: str = "", prefix: str = "") -> Any:
@@ -165,15 +178,18 @@ class LinkSpec(Strict):
             except ValueError:
                 raise ValueError(f"expected an IPv4 address with prefix like '10.0.1.1/24', "
                                  f"got {v!r}") from None
-            if iface.network.prefixlen > 30:
-                raise ValueError(f"expected a prefix of /30 or shorter, got {v!r}")
+            # /8../30: a /0 would route every address (the host's own network too) into the
+            # testbed, and /31 or /32 leave no two host addresses
+            if not 8 <= iface.network.prefixlen <= 30:
+                raise ValueError(f"expected a prefix from /8 to /30, got {v!r}")
         return v
+
+    _delay_unit = field_validator("delay", mode="before")(units.needs_unit("5ms"))
 
     @field_validator("delay")
     @classmethod
     def _delay(cls, v: str) -> str:
-        if units.seconds(v) < 0:
-            raise ValueError(f"expected a non-negative time, got {v!r}")
+        units.bounded_delay(v)
         return v
 
     @property
@@ -303,72 +319,13 @@ def check(spec: Spec) -> None:
 
     dynamic.check_mapping(bn.model_dump(include={"rate", "trace", "rtt", "loss"}, exclude_none=True),
                           Path(src).parent, src, f"links[{bi}].bottleneck.")
-    _check_addresses(spec)
-    _check_connected(spec)
-    _check_ssh(spec)
+    try:
+        units.buffer_size(bn.buffer, bn.rate_bps, bn.rtt_s)
+    except ValueError as e:
+        raise SpecError(src, f"links[{bi}].bottleneck.buffer", str(e)) from None
+    graph.check_addresses(spec)
+    graph.check_connected(spec)
+    graph.check_tree(spec)
+    graph.check_ssh(spec)
     if spec.scenario is not None:
         spec.scenario.check(spec.roles(), src)
-
-
-def _check_addresses(spec: Spec) -> None:
-    nets: dict[str, str] = {}
-    for i, link in enumerate(spec.links):
-        if (link.a_addr is None) != (link.b_addr is None):
-            raise SpecError(spec.source, f"links[{i}]", "give both a_addr and b_addr, or neither")
-        if link.a_addr is None:
-            continue
-        a, b = ipaddress.IPv4Interface(link.a_addr), ipaddress.IPv4Interface(link.b_addr)
-        if a.network != b.network or a.ip == b.ip:
-            raise SpecError(spec.source, f"links[{i}].b_addr",
-                            "expected a different address in the same subnet as a_addr")
-        key = str(a.network)
-        if key in nets:
-            raise SpecError(spec.source, f"links[{i}].a_addr",
-                            f"subnet {key} is already used by {nets[key]}")
-        nets[key] = f"links[{i}]"
-
-
-def _check_ssh(spec: Spec) -> None:
-    """provider: ssh needs every host's address and an interface for each of its links."""
-    src = spec.source
-    if spec.provider != "ssh":
-        for i, h in enumerate(spec.hosts):
-            if h.ssh is not None:
-                raise SpecError(src, f"hosts[{i}].ssh", "ssh settings need 'provider: ssh' at the top")
-        if spec.ssh is not None:
-            raise SpecError(src, "ssh", "ssh settings need 'provider: ssh' at the top")
-        return
-    for i, h in enumerate(spec.hosts):
-        if h.ssh is None:
-            raise SpecError(src, f"hosts[{i}].ssh",
-                            "required for provider: ssh (expected at least {address: ..., interfaces: ...})")
-        peers = [lk.b if lk.a == h.name else lk.a for lk in spec.links if h.name in (lk.a, lk.b)]
-        for peer in peers:
-            if peer not in h.ssh.interfaces:
-                raise SpecError(src, f"hosts[{i}].ssh.interfaces",
-                                f"no interface given for the link to {peer!r} "
-                                f"(expected e.g. {{{peer}: eth1}})")
-        for peer in h.ssh.interfaces:
-            if peer not in peers:
-                raise SpecError(src, f"hosts[{i}].ssh.interfaces.{peer}",
-                                f"{h.name!r} has no link to {peer!r} (links to: {', '.join(peers)})")
-        if len(set(h.ssh.interfaces.values())) != len(h.ssh.interfaces):
-            raise SpecError(src, f"hosts[{i}].ssh.interfaces", "two links use the same interface")
-        if (h.ssh.aqm is not None or h.ssh.aqm_args) and h.role != "router":
-            raise SpecError(src, f"hosts[{i}].ssh.aqm", "only a router has a queue discipline")
-
-
-def _check_connected(spec: Spec) -> None:
-    adj: dict[str, set[str]] = {h.name: set() for h in spec.hosts}
-    for link in spec.links:
-        adj[link.a].add(link.b)
-        adj[link.b].add(link.a)
-    start = spec.hosts[0].name
-    seen, todo = {start}, [start]
-    while todo:
-        for n in adj[todo.pop()] - seen:
-            seen.add(n)
-            todo.append(n)
-    missing = [h.name for h in spec.hosts if h.name not in seen]
-    if missing:
-        raise SpecError(spec.source, "links", f"hosts not connected to the rest: {', '.join(missing)}")

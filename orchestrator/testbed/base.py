@@ -8,7 +8,6 @@ and after the orchestrator was killed.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator import strictjson
 from orchestrator.errors import UserError
 from orchestrator.spec.names import testbed_name
 
@@ -139,7 +139,8 @@ class Testbed:
         return state_dir_of(self.name)
 
     def save(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # the state names processes and paths of this testbed: root's alone (0700/0600)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         data = {
             "name": self.name, "provider": self.provider, "status": self.status,
             "spec": self.spec_data,
@@ -149,7 +150,9 @@ class Testbed:
             "cleanups": self.cleanups, "extra": self.extra,
         }
         tmp = self.state_dir / "state.json.tmp"
-        tmp.write_text(json.dumps(data, indent=1))
+        tmp.touch(mode=0o600)
+        tmp.chmod(0o600)
+        tmp.write_text(strictjson.dumps(data, indent=1))
         os.replace(tmp, self.state_dir / "state.json")
 
     # ---- running things

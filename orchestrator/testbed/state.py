@@ -60,4 +60,4 @@ def only_up() -> str:
         return up[0]
     if not up:
         raise UserError("no testbed is up; start one with `testbed up testbeds/mininet-like.yaml`")
-    raise UserError(f"several testbeds are up ({', '.join(up)}); name one")
+    raise UserError(f"several testbeds are up ({', '.join(up)}); name one with --testbed NAME")

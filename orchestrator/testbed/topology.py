@@ -19,13 +19,16 @@ def plan(spec: Spec, iface_name: IfaceName, delay_mode: str) -> tuple[dict[str, 
     provider knows: made-up veth names, or a real machine's); `delay_mode` is the provider's
     answer to the spec's `auto`."""
     hosts = {h.name: Host(h.name, h.role) for h in spec.hosts}
-    used = {str(ipaddress.IPv4Interface(a).network) for link_ in spec.links
-            for a in (link_.a_addr, link_.b_addr) if a}
-    auto = (f"10.{i // 250}.{i % 250 + 1}.0/24" for i in range(1 << 14))
+    used = [ipaddress.IPv4Interface(a).network for link_ in spec.links
+            for a in (link_.a_addr, link_.b_addr) if a]
+    # automatic subnets skip any that overlap one given in the file (a given 10.0.0.0/16 too)
+    auto = (f"10.{i // 250}.{i % 250 + 1}.0/24" for i in range(1 << 14)
+            if not any(ipaddress.IPv4Network(f"10.{i // 250}.{i % 250 + 1}.0/24").overlaps(u)
+                       for u in used))
     for idx, lk in enumerate(spec.links):
         a_addr, b_addr = lk.a_addr, lk.b_addr
         if a_addr is None:
-            net = next(n for n in auto if n not in used)
+            net = next(auto)
             base = net.rsplit(".", 1)[0]
             a_addr, b_addr = f"{base}.1/24", f"{base}.2/24"
         assert b_addr is not None

@@ -10,13 +10,13 @@ every kernel object it made is removed.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from orchestrator import strictjson
 from orchestrator.errors import UserError
 from orchestrator.spec.scenario import FlowSpec, Scenario
 from orchestrator.testbed.base import Testbed
@@ -143,7 +143,7 @@ def _report(r: Runner, t0: float) -> dict[str, Any]:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
+    tmp.write_text(strictjson.dumps(data, indent=1))
     os.replace(tmp, path)
 
 

@@ -237,7 +237,7 @@ class SshTestbed(Testbed):
         mounted = self.run(router, ["sh", "-c", 'grep -q " $1 bpf " /proc/mounts', "sh", path], check=False)
         if mounted.returncode != 0:
             self.run(router, ["mkdir", "-p", path])
-            self.run(router, ["mount", "-t", "bpf", "bpf", path])
+            self.run(router, ["mount", "-t", "bpf", "-o", "mode=0700", "bpf", path])
             self.add_cleanup("remote-mount", f"{router}:{path}")
         return Path(path)
 
