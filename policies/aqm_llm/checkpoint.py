@@ -144,3 +144,25 @@ def _need(p: Path, name: str) -> dict:
     if not (p / name).is_file():
         raise UserError(f"checkpoint {p}: {name} is missing")
     return load_file(p / name)
+
+
+SHIPPED_FILES = ("config.json", "stats.json", "encoder.safetensors", "head.safetensors",
+                 "adapter_model.safetensors", "adapter_config.json", "backbone.safetensors")
+
+
+def export(path: str | Path, dest: str | Path) -> Path:
+    """Copy a checkpoint's model files (not the optimizer state, which only resuming needs)
+    into `dest`, next to whatever else lives there (a model card, the recipe)."""
+    src = resolve(path)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    config = json.loads((src / "config.json").read_text())
+    config.pop("optimizer_groups", None)
+    for name in SHIPPED_FILES:
+        if name == "config.json":
+            (dest / name).write_text(json.dumps(config, indent=1))
+        elif (src / name).is_file():
+            shutil.copyfile(src / name, dest / name)
+        elif (dest / name).is_file():
+            (dest / name).unlink()  # left from another kind of model: it would be loaded
+    return dest
