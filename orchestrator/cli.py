@@ -21,12 +21,15 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-def up(file: str) -> None:
+@click.option("--name", help="Build it under this name instead of the file's (e.g. a second copy).")
+def up(file: str, name: str | None) -> None:
     """Build the testbed described by FILE (YAML)."""
     from orchestrator import spec as specmod
     from orchestrator.providers import netns, ssh
 
     spec = specmod.load(file)
+    if name is not None:
+        spec = spec.model_copy(update={"name": testbed_name(name)})
     tb = ssh.up(spec) if spec.provider == "ssh" else netns.up(spec)
     bn = tb.bottleneck
     click.echo(f"testbed {tb.name!r} is up: {len(tb.hosts)} hosts, bottleneck {bn.router}:{bn.egress} "
@@ -143,9 +146,11 @@ _register_optional()
 
 
 def main() -> None:
+    from policies.base import ParamError
+
     try:
         cli.main(standalone_mode=False)
-    except UserError as e:
+    except (UserError, ParamError) as e:  # a bad policy parameter is the user's to fix too
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:

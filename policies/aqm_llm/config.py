@@ -82,8 +82,12 @@ def load(path: str | Path, kind: type[BaseModel]) -> BaseModel:
 
     try:
         data = yaml.safe_load(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise SpecError(str(path), "", f"cannot read the config: {e}") from None
+    except yaml.YAMLError as e:  # its str() spans lines; the line number and problem say enough
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else ""
+        raise SpecError(str(path), where, f"not valid YAML: {getattr(e, 'problem', None) or e}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

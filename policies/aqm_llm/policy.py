@@ -159,6 +159,7 @@ class AqmLlmPolicy(Policy):
         self.rtg = float(stats.norm_rtg(target))
         self.last_latency_s = 0.0
         self.worker: Any = None
+        self.in_loop = False  # a control loop runs us and enforces the deadline (start())
         self.late = False  # the last update missed its deadline (the control loop counts it)
         self.late_updates = 0
         self.reset()
@@ -177,6 +178,7 @@ class AqmLlmPolicy(Policy):
         """Move decisions to a worker process (unless worker=false or the model came from
         memory). Called by the process that runs the control loop, not by the one that only
         checks the run, so only one worker exists; returns when the worker is ready."""
+        self.in_loop = True
         if self.worker is not None or self.in_memory or not self.params.worker:
             return
         from policies.aqm_llm.worker import Worker
@@ -223,7 +225,7 @@ class AqmLlmPolicy(Policy):
             probs = self.worker.decide(vector, self.applied, t0 + self.settings["deadline_ms"] / 1e3)
         else:
             probs = self.propose(vector).tolist()
-            if time.perf_counter() - t0 > self.settings["deadline_ms"] / 1e3:
+            if self.in_loop and time.perf_counter() - t0 > self.settings["deadline_ms"] / 1e3:
                 probs = None  # the control loop drops it too: the context keeps what is in force
         self.last_latency_s = time.perf_counter() - t0
         self.late = probs is None
