@@ -55,6 +55,7 @@ class ControlLoop:
         # a policy may prepare what only the process running its control loop needs (the
         # AQM-LLM's decision worker); the process that only checks a run never calls it
         getattr(policy, "start", _nothing)()
+        self._policy_stats: dict[str, Any] = {}
 
     # ---- one update
     def step(self, state: QueueState, now: float) -> Decision:
@@ -146,7 +147,7 @@ class ControlLoop:
     # ---- reporting
     def stats(self) -> dict[str, Any]:
         us = sorted(self.decide_us)
-        return {**getattr(self.policy, "latency_stats", dict)(),
+        return {**(self._policy_stats or getattr(self.policy, "latency_stats", dict)()),
             "updates": self.updates, "missed": self.missed, "errors": self.errors,
             "late_wakeups": self.late_wakeups, "skipped_ticks": self.skipped_ticks,
             "decide_us_p50": _quantile(us, 0.50), "decide_us_p99": _quantile(us, 0.99),
@@ -154,6 +155,7 @@ class ControlLoop:
         }
 
     def close(self) -> None:
+        self._policy_stats = getattr(self.policy, "latency_stats", dict)()  # before close() ends them
         getattr(self.policy, "close", _nothing)()
         if self.writer is not None:
             self.writer.close()

@@ -134,6 +134,6 @@ def _prioritise() -> None:
     """A little ahead of the senders and other work on a shared machine (root only): the
     decision has a deadline, bulk traffic generators do not."""
     try:
-        os.nice(-5)
+        os.nice(-10)
     except OSError:
         pass

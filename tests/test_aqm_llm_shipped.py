@@ -1,0 +1,107 @@
+"""The shipped model (models/aqm-llm, models/aqm-llm-student) and the never-late deployment:
+the defaults load it and decide deterministically; the worker process decides what the
+in-process model decides; a late answer keeps the decision in force and the model's context
+holds the applied action, not the proposed one (issue 14, item 6); int8 and the early exit
+stay close to float32 in log-probability terms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import policies
+from orchestrator.control import ControlLoop
+from policies.aqm_llm import dataset as D
+from policies.aqm_llm.policy import DEFAULT_CHECKPOINT, NO_SIGNAL, AqmLlmPolicy
+from policies.aqm_llm.student import DEFAULT_STUDENT
+from policies.base import Decision
+
+from conftest import ROOT
+
+torch.set_num_threads(1)
+N_STATES = 24
+
+
+@pytest.fixture(scope="module")
+def states() -> list:
+    """Consecutive states of a DualPI2 episode of the shipped pool (the real link's telemetry)."""
+    pool = pd.read_parquet(ROOT / "models" / "aqm-llm" / "pool.parquet")
+    pool = pool[pool["episode"].str.contains("dualpi2")]
+    rows = next(D.episodes(pool))[1]
+    return list(D.states(rows.iloc[200:200 + N_STATES]))
+
+
+def decisions(policy, states) -> np.ndarray:
+    out = []
+    for s in states:
+        d = policy.update(s)
+        assert isinstance(d, Decision)
+        out.append([[d.l4s.p_drop, d.l4s.p_mark], [d.classic.p_drop, d.classic.p_mark]])
+    return np.array(out)
+
+
+def test_the_shipped_model_is_the_default_and_decides_deterministically(states):
+    a = policies.make("aqm-llm", {"worker": "false"})
+    assert a.settings["early_exit_layers"] == 4 and a.settings["precision"] == "int8"  # its deploy
+    first = decisions(a, states)
+    second = decisions(policies.make("aqm-llm", {"worker": "false"}), states)
+    np.testing.assert_array_equal(first, second)
+    assert ((first >= 0) & (first <= 1)).all()
+    assert first[:, 0, 1].std() > 0  # it reacts to the state: not a constant
+
+
+def test_the_shipped_student_is_the_default_and_decides_deterministically(states):
+    student = policies.make("aqm-llm-student", {})
+    assert student.student.layers[0][0].shape[1] == 64
+    first, second = decisions(student, states), decisions(policies.make("aqm-llm-student", {}), states)
+    np.testing.assert_array_equal(first, second)
+    assert ((first >= 0) & (first <= 1)).all()
+
+
+def test_the_worker_decides_what_the_in_process_model_decides(states):
+    here = decisions(policies.make("aqm-llm", {"worker": "false"}), states)
+    remote = policies.make("aqm-llm", {"deadline_ms": "60000"})  # no deadline can interfere
+    loop = ControlLoop(remote, tupdate_s=0.016, log_dir=None, deadline_s=60.0)
+    try:
+        assert remote.worker is not None and remote.model is None  # one copy, in the worker
+        there = np.array([[[d.l4s.p_drop, d.l4s.p_mark], [d.classic.p_drop, d.classic.p_mark]]
+                          for d in (loop.step(s, 0.0) for s in states)])
+    finally:
+        loop.close()
+    np.testing.assert_allclose(there, here, rtol=1e-9, atol=1e-12)
+    stats = loop.stats()
+    assert loop.missed == 0 and stats["worker_answers"] == len(states) and stats["worker_compute_us_p50"] > 0
+
+
+def test_a_late_answer_keeps_the_decision_in_force_and_the_context_holds_it(states):
+    """Every answer misses a deadline of 1 us: the loop keeps Decision() (no signal), counts each
+    miss, and the model's context commits that applied action; the model's own proposals, which
+    differ, never enter it."""
+    policy = policies.make("aqm-llm", {"worker": "false", "deadline_ms": "0.001"})
+    loop = ControlLoop(policy, tupdate_s=0.016, log_dir=None, deadline_s=60.0)
+    for s in states[:5]:
+        assert loop.step(s, 0.0) == Decision()
+    assert loop.missed == 5 and policy.late_updates == 5
+    applied = policy.model.action_token(torch.tensor(NO_SIGNAL, dtype=torch.float32))
+    committed = [step[-1] for step in policy.context.steps]
+    assert len(committed) == 4 and all(torch.equal(c, applied[0]) for c in committed)
+    proposed = policy.model.action_token(policy.propose(D.F.state_vector(states[5])).float())
+    assert not torch.allclose(proposed, applied)  # so the check above can tell them apart
+
+
+def test_int8_and_the_early_exit_stay_close_in_log_probability(states):
+    """The decisions that matter are small probabilities: compare them in log space."""
+    def log_probs(**args) -> np.ndarray:
+        p = decisions(AqmLlmPolicy(policies.resolve("aqm-llm").Params(worker=False, **args)), states)
+        return np.log(np.maximum(p[:, :, 1], 1e-6))  # marks per class
+
+    f32 = log_probs(precision="float32", early_exit_layers=4)
+    int8 = log_probs(precision="int8", early_exit_layers=4)
+    assert np.abs(int8 - f32).max() < np.log(2.0), np.abs(int8 - f32).max()
+
+
+def test_the_default_checkpoints_live_in_the_repository():
+    assert DEFAULT_CHECKPOINT == ROOT / "models" / "aqm-llm"
+    assert DEFAULT_STUDENT == ROOT / "models" / "aqm-llm-student"
