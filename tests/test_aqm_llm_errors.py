@@ -112,7 +112,8 @@ def test_a_bad_distill_config_is_one_line(tmp_path):
 def testbed_up(tmp_path_factory):
     name = unique_name("mle")
     path = tmp_path_factory.mktemp("tb") / "tb.yaml"
-    path.write_text(dumbbell_yaml(name))
+    path.write_text(dumbbell_yaml(name, scenario="scenario:\n  duration: 2s\n  flows:\n"
+                                              "    - {name: c, kind: tcp, src: s1, dst: rx}\n"))
     run_cli("up", str(path), check=True)
     yield name
     run_cli("down", name)
@@ -158,6 +159,7 @@ def bad_checkpoints(tiny, tmp):
 
 
 @needs_root
+@pytest.mark.slow  # 16 CLI runs, each importing torch: a minute or more on a shared machine
 def test_a_bad_model_or_parameter_is_one_line_on_a_testbed_that_is_up(testbed_up, tiny_checkpoint, tmp_path):
     results = tmp_path / "results"
     for spec, needles in bad_checkpoints(tiny_checkpoint, tmp_path):
