@@ -6,6 +6,8 @@ stay close to float32 in log-probability terms."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -60,19 +62,42 @@ def test_the_shipped_student_is_the_default_and_decides_deterministically(states
     assert ((first >= 0) & (first <= 1)).all()
 
 
-def test_the_worker_decides_what_the_in_process_model_decides(states):
-    here = decisions(policies.make("aqm-llm", {"worker": "false"}), states)
-    remote = policies.make("aqm-llm", {"deadline_ms": "60000"})  # no deadline can interfere
-    loop = ControlLoop(remote, tupdate_s=0.016, log_dir=None, deadline_s=60.0)
+def in_loop(args: dict, states: list, pause_s: float) -> tuple[np.ndarray, ControlLoop]:
+    policy = policies.make("aqm-llm", args)
+    loop = ControlLoop(policy, tupdate_s=0.016, log_dir=None, deadline_s=60.0)
+    out = []
     try:
-        assert remote.worker is not None and remote.model is None  # one copy, in the worker
-        there = np.array([[[d.l4s.p_drop, d.l4s.p_mark], [d.classic.p_drop, d.classic.p_mark]]
-                          for d in (loop.step(s, 0.0) for s in states)])
+        assert policy.worker is not None and policy.model is None  # one copy, in the worker
+        for s in states:
+            d = loop.step(s, 0.0)
+            out.append([[d.l4s.p_drop, d.l4s.p_mark], [d.classic.p_drop, d.classic.p_mark]])
+            time.sleep(pause_s)  # a tick's worth of time for the worker
     finally:
         loop.close()
-    np.testing.assert_allclose(there, here, rtol=1e-9, atol=1e-12)
-    stats = loop.stats()
-    assert loop.missed == 0 and stats["worker_answers"] == len(states) and stats["worker_compute_us_p50"] > 0
+    return np.array(out), loop
+
+
+def test_the_worker_decides_what_the_in_process_model_decides(states):
+    here = decisions(policies.make("aqm-llm", {"worker": "false"}), states)
+    waited, loop = in_loop({"pipelined": "false", "deadline_ms": "60000"}, states, 0.0)
+    np.testing.assert_allclose(waited, here, rtol=1e-9, atol=1e-12)
+    assert loop.missed == 0 and loop.stats()["worker_answers"] == len(states)
+
+
+def test_pipelined_the_decision_of_each_tick_comes_from_the_previous_state(states):
+    here = decisions(policies.make("aqm-llm", {"worker": "false"}), states)
+    piped, loop = in_loop({}, states, 0.25)  # ample time: no answer is late
+    assert loop.missed == 0 and loop.stats()["worker_compute_us_p50"] > 0
+    assert (piped[0] == 0).all()  # nothing computed yet: no signal
+    np.testing.assert_allclose(piped[1:], here[:-1], rtol=1e-9, atol=1e-12)
+
+
+def test_pipelined_a_late_answer_is_counted_and_never_applied(states):
+    """Ticks that come faster than the model answers: each is late, the decision in force
+    (no signal) stays, and the answers computed meanwhile are dropped."""
+    piped, loop = in_loop({}, states[:6], 0.0)
+    assert (piped == 0).all() and loop.missed == 5 and loop.policy is not None
+    assert loop.stats()["worker_late_answers_dropped"] <= 1
 
 
 def test_a_late_answer_keeps_the_decision_in_force_and_the_context_holds_it(states):

@@ -73,6 +73,9 @@ class AqmLlmParams(Params):
     deadline_ms: float = _param(16.0, "decision deadline: a later answer is dropped and counted")
     threads: int = _param(1, "torch CPU threads")
     worker: bool = _param(True, "decide in a process of its own while a control loop runs it")
+    pipelined: bool = _param(True, "with the worker: apply at each tick the decision computed from the "
+                                   "previous tick's state (never waits); false: wait for this tick's, "
+                                   "at most until the deadline")
     target_return: float = _param(math.nan, "return to condition on; NaN: the stored target")
     l4s_step_ms: float = _param(1.0, "L4S step-mark threshold in ms; 0 disables")
     backbone: str = _param("", "override where the checkpoint's backbone is found")
@@ -169,6 +172,7 @@ class AqmLlmPolicy(Policy):
                                self.settings["kv_cache"])
         self.applied = NO_SIGNAL  # probabilities in force (what the context commits)
         self.current = Decision()
+        self.stale = False  # pipelined: the outstanding answer came too late and will be dropped
 
     def queue_config(self) -> QueueConfig:
         return QueueConfig(dualq=True)
@@ -221,20 +225,44 @@ class AqmLlmPolicy(Policy):
 
         t0 = time.perf_counter()
         vector = state_vector(state)
-        if self.worker is not None:
-            probs = self.worker.decide(vector, self.applied, t0 + self.settings["deadline_ms"] / 1e3)
+        if self.worker is not None and self.params.pipelined:
+            probs, self.late = self._pipelined(vector)
         else:
-            probs = self.propose(vector).tolist()
-            if self.in_loop and time.perf_counter() - t0 > self.settings["deadline_ms"] / 1e3:
-                probs = None  # the control loop drops it too: the context keeps what is in force
+            if self.worker is not None:
+                probs = self.worker.decide(vector, self.applied, t0 + self.settings["deadline_ms"] / 1e3)
+            else:
+                probs = self.propose(vector).tolist()
+                if self.in_loop and time.perf_counter() - t0 > self.settings["deadline_ms"] / 1e3:
+                    probs = None  # the control loop drops it too: the context keeps what is in force
+            self.late = probs is None
         self.last_latency_s = time.perf_counter() - t0
-        self.late = probs is None
-        if self.late:
-            self.late_updates += 1
+        self.late_updates += self.late
+        if probs is None:
             return self.current
         self.applied = probs
         self.current = to_decision(probs, self.settings["l4s_step_ms"])
         return self.current
+
+    def _pipelined(self, vector: Any) -> tuple[list[list[float]] | None, bool]:
+        """(probabilities to apply now or None, late?). Applies the answer to the previous
+        tick's state if it is there, and hands the worker this tick's state: the control loop
+        never waits. An answer not there at its tick is late; it is dropped when it comes, and
+        the decision in force is what the model's context commits for that step."""
+        if self.stale:  # a late answer is still to come: drop it, then start afresh
+            if not self.worker.drop_late():
+                return None, True  # still computing: this tick's state waits for the next tick
+            self.stale = False
+            self.worker.submit(vector, self.applied)
+            return None, True
+        if not self.worker.busy:  # the first tick: nothing computed yet, nothing late
+            self.worker.submit(vector, self.applied)
+            return None, False
+        fresh = self.worker.collect()
+        if fresh is None:
+            self.stale = True
+            return None, True
+        self.worker.submit(vector, fresh)  # fresh is what is applied after the previous step
+        return fresh, False
 
     def latency_stats(self) -> dict[str, float]:
         """The worker's own compute times (the part of a decision spent in the model)."""
