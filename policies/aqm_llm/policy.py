@@ -22,14 +22,18 @@ checkpoint may say how it runs by default (config.json "deploy", set by the trai
 the shipped model exits at 4 layers in int8.
 
 Never late (issue 15). Live, the model runs in a process of its own (worker=true, policy
-worker.py): the control loop's thread sends the latest state (a flat float vector, no pickle)
-and waits for the answer at most deadline_ms, blocked in poll() so it holds no GIL and the
-link's event loop runs on; in-process, the forward pass's Python code competed with the link
-for the GIL and doubled the decision time. An answer that misses the deadline is dropped: the
-previous decision stays in force, the miss is counted (`late`, read by the control loop), and
-the next request tells the worker which action was *applied*, so the model's context holds
-the decision in force, never one it proposed too late (issue 14, item 6). A request is sent
-only once the worker has answered the previous one, so a slow worker never builds a backlog.
+worker.py, at a real-time priority): in-process, the forward pass's Python code competed with
+the link's event loop for the GIL. By default the loop is *pipelined*: at each tick the
+control loop applies the answer the worker computed from the previous tick's state, if it is
+there, and hands it this tick's state (a flat float vector, no pickle), so the control loop
+never waits; a decision takes effect one tupdate after its state. An answer not there at its
+tick is late: the decision in force stays, the miss is counted (`late`, read by the control
+loop), the answer is dropped when it comes, and the next request tells the worker which
+action was *applied*, so the model's context holds the decision in force, never one it
+proposed too late (issue 14, item 6). pipelined=false waits for this tick's answer at most
+until deadline_ms instead (fresher, but the control thread waits and misses more on a busy
+machine). A request is only sent once the worker is idle, so a slow worker never builds a
+backlog.
 
 Return conditioning: every step asks for the same return, `target_return` (default: the
 training pool's 90th percentile of returns-to-go, stored with the model).
