@@ -2,19 +2,19 @@
 # The flagship on the default local testbed: DualPI2, then AQM-LLM (the shipped model,
 # models/aqm-llm), then `testbed compare` of the two. About two minutes.
 #
-# It builds a testbed of its own name (NAME, default "demo") from SPEC and tears down only
-# that one: other testbeds on the machine (other users, other runs) are never touched.
+# It builds a testbed of its own name (NAME, default "demo" and a random number, so that two
+# demos on one machine do not collide) from SPEC and tears down only that one: other testbeds
+# on the machine (other users, other runs) are never touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${TESTBED:-.venv/bin/testbed}
 SPEC=${SPEC:-testbeds/mininet-like.yaml}
-NAME=${NAME:-demo}
+NAME=${NAME:-demo$((RANDOM % 10000))}
 DURATION=${DURATION:-20}
 POLICIES=${POLICIES:-dualpi2 aqm-llm}
 OUT=${OUT:-results/demo-$(date -u +%Y%m%d-%H%M%S)}
 
 trap '$T down "$NAME" >/dev/null 2>&1 || true' EXIT
-$T down "$NAME" >/dev/null 2>&1 || true  # a copy left behind by an interrupted demo
 $T up "$SPEC" --name "$NAME"
 mkdir -p "$OUT"
 for policy in $POLICIES; do

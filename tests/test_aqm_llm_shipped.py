@@ -92,12 +92,34 @@ def test_pipelined_the_decision_of_each_tick_comes_from_the_previous_state(state
     np.testing.assert_allclose(piped[1:], here[:-1], rtol=1e-9, atol=1e-12)
 
 
-def test_pipelined_a_late_answer_is_counted_and_never_applied(states):
-    """Ticks that come faster than the model answers: each is late, the decision in force
-    (no signal) stays, and the answers computed meanwhile are dropped."""
-    piped, loop = in_loop({}, states[:6], 0.0)
-    assert (piped == 0).all() and loop.missed == 5 and loop.policy is not None
-    assert loop.stats()["worker_late_answers_dropped"] <= 1
+def test_pipelined_a_late_answer_is_dropped_and_the_worker_context_holds_what_was_applied(states):
+    """The answer to state 1 is not there at tick 2 (made so by hiding it once): ticks 2 and 3
+    are late and keep no signal; state 2 is never sent (the worker was busy); the worker
+    commits no signal, not its own late proposal, after state 1. An in-process replay of
+    exactly that gives the decisions applied at ticks 4-6."""
+    policy = policies.make("aqm-llm", {})
+    loop = ControlLoop(policy, tupdate_s=0.016, log_dir=None, deadline_s=60.0)
+    real_collect, out = policy.worker.collect, []
+    try:
+        for i, s in enumerate(states[:6]):
+            policy.worker.collect = (lambda deadline: None) if i == 1 else real_collect
+            d = loop.step(s, 0.0)
+            out.append([[d.l4s.p_drop, d.l4s.p_mark], [d.classic.p_drop, d.classic.p_mark]])
+            time.sleep(0.25)
+    finally:
+        loop.close()
+    assert loop.missed == 2 and loop.stats()["worker_late_answers_dropped"] == 1
+    out = np.array(out)
+    assert (out[:3] == 0).all()
+    replay = policies.make("aqm-llm", {"worker": "false"})
+    vector = D.F.state_vector
+    replay.propose(vector(states[0]))  # its answer came late: NO_SIGNAL stays applied
+    expected = []
+    for s in states[2:5]:
+        probs = replay.propose(vector(s)).tolist()
+        replay.applied = probs
+        expected.append([[probs[0][1], probs[0][2]], [probs[1][1], probs[1][2]]])
+    np.testing.assert_allclose(out[3:], np.array(expected), rtol=1e-9, atol=1e-12)
 
 
 def test_a_late_answer_keeps_the_decision_in_force_and_the_context_holds_it(states):

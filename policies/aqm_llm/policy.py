@@ -167,6 +167,7 @@ class AqmLlmPolicy(Policy):
         self.last_latency_s = 0.0
         self.worker: Any = None
         self.in_loop = False  # a control loop runs us and enforces the deadline (start())
+        self.prioritised = False
         self.late = False  # the last update missed its deadline (the control loop counts it)
         self.late_updates = 0
         self.reset()
@@ -228,10 +229,14 @@ class AqmLlmPolicy(Policy):
         from policies.aqm_llm.features import state_vector
 
         t0 = time.perf_counter()
-        vector = state_vector(state)
+        if self.worker is not None and not self.prioritised:
+            from policies.aqm_llm.worker import prioritise_control_thread
+
+            self.prioritised = prioritise_control_thread() or True  # try once
         if self.worker is not None and self.params.pipelined:
-            probs, self.late = self._pipelined(vector)
+            probs, self.late = self._pipelined(state, t0)
         else:
+            vector = state_vector(state)
             if self.worker is not None:
                 probs = self.worker.decide(vector, self.applied, t0 + self.settings["deadline_ms"] / 1e3)
             else:
@@ -247,26 +252,29 @@ class AqmLlmPolicy(Policy):
         self.current = to_decision(probs, self.settings["l4s_step_ms"])
         return self.current
 
-    def _pipelined(self, vector: Any) -> tuple[list[list[float]] | None, bool]:
+    def _pipelined(self, state: QueueState, t0: float) -> tuple[list[list[float]] | None, bool]:
         """(probabilities to apply now or None, late?). Applies the answer to the previous
-        tick's state if it is there, and hands the worker this tick's state: the control loop
-        never waits. An answer not there at its tick is late; it is dropped when it comes, and
+        tick's state, and hands the worker this tick's state. The answer had a whole tick; if
+        it is not there yet, it gets at most a grace of half the deadline (the control loop
+        then still has half a tick for itself), else it is late: dropped when it comes, and
         the decision in force is what the model's context commits for that step."""
-        if self.stale:  # a late answer is still to come: drop it, then start afresh
+        from policies.aqm_llm.features import state_vector
+
+        fresh, first = None, False
+        if self.stale:  # the answer of an earlier tick came too late: drop it, then start afresh
             if not self.worker.drop_late():
                 return None, True  # still computing: this tick's state waits for the next tick
             self.stale = False
-            self.worker.submit(vector, self.applied)
-            return None, True
-        if not self.worker.busy:  # the first tick: nothing computed yet, nothing late
-            self.worker.submit(vector, self.applied)
-            return None, False
-        fresh = self.worker.collect()
-        if fresh is None:
-            self.stale = True
-            return None, True
-        self.worker.submit(vector, fresh)  # fresh is what is applied after the previous step
-        return fresh, False
+        elif self.worker.busy:
+            fresh = self.worker.collect(t0 + self.settings["deadline_ms"] / 2e3)
+            if fresh is None:
+                self.stale = True
+                return None, True
+        else:
+            first = True  # nothing computed yet, so nothing is late
+        # what was applied after the previous step: its answer, or the decision kept in force
+        self.worker.submit(state_vector(state), fresh if fresh is not None else self.applied)
+        return fresh, fresh is None and not first
 
     def latency_stats(self) -> dict[str, float]:
         """The worker's own compute times (the part of a decision spent in the model)."""
