@@ -134,11 +134,16 @@ class StudentPolicy(Policy):
             student = Student.load(self.params.checkpoint or DEFAULT_STUDENT)
         self.student = student
         self.last_latency_s = 0.0
+        self.prioritised = False
 
     def queue_config(self) -> QueueConfig:
         return QueueConfig(dualq=True)
 
     def update(self, state: QueueState) -> Decision:
+        if not self.prioritised:  # once, on the control loop's own thread (worker.py says why)
+            from policies.aqm_llm.worker import prioritise_control_thread
+
+            self.prioritised = prioritise_control_thread() or True
         t0 = time.perf_counter()
         logits = self.student.logits(self.student.state_input(state)).tolist()
         decision = to_decision([_softmax(row) for row in logits], self.params.l4s_step_ms)
