@@ -6,6 +6,7 @@ stay close to float32 in log-probability terms."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -20,7 +21,7 @@ from policies.aqm_llm.policy import DEFAULT_CHECKPOINT, NO_SIGNAL, AqmLlmPolicy
 from policies.aqm_llm.student import DEFAULT_STUDENT
 from policies.base import Decision
 
-from conftest import ROOT
+from conftest import ROOT, dumbbell_yaml, needs_root, run_cli, unique_name
 
 torch.set_num_threads(1)
 N_STATES = 24
@@ -152,3 +153,20 @@ def test_int8_and_the_early_exit_stay_close_in_log_probability(states):
 def test_the_default_checkpoints_live_in_the_repository():
     assert DEFAULT_CHECKPOINT == ROOT / "models" / "aqm-llm"
     assert DEFAULT_STUDENT == ROOT / "models" / "aqm-llm-student"
+
+
+@needs_root
+@pytest.mark.slow  # two real runs with traffic
+@pytest.mark.parametrize("policy", ["aqm-llm", "aqm-llm-student"])
+def test_testbed_run_with_no_arguments_runs_the_shipped_models(policy, netns_testbed, tmp_path):
+    name = unique_name("mls")
+    netns_testbed(dumbbell_yaml(name, scenario="scenario:\n  duration: 4s\n  flows:\n"
+                                               "    - {name: l4s, kind: l4s, src: s1, dst: rx}\n"
+                                               "    - {name: c, kind: tcp, src: s2, dst: rx, cc: cubic}\n"))
+    res = run_cli("run", "--testbed", name, "--policy", policy, "--results", str(tmp_path), "--json",
+                  timeout=300)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout[res.stdout.index("{"):])
+    assert summary["status"] == "complete" and summary["policy"] == policy
+    assert summary["decisions"] > 150 and summary["missed_deadlines"] is not None
+    assert summary["utilization"] > 0.3
