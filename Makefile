@@ -1,7 +1,8 @@
 # The two commands the README promises (run as root):
 #   make demo   set everything up, then run the default experiment on the local testbed
 #   make test   set everything up, then run the test suite
-.PHONY: setup demo test lint bench mutate clean
+#   make model  rebuild the shipped AQM-LLM model and its student from the committed pool
+.PHONY: setup demo test lint bench mutate clean model
 
 setup:
 	bash scripts/setup.sh
@@ -12,6 +13,10 @@ demo: setup
 test: setup
 	.venv/bin/ruff check .
 	.venv/bin/python -m pytest -q -rs tests
+
+model: setup
+	.venv/bin/testbed train --config models/aqm-llm/train.yaml
+	.venv/bin/testbed distill --config models/aqm-llm-student/distill.yaml
 
 lint: setup
 	.venv/bin/ruff check .

@@ -2,6 +2,16 @@
 of the distilled student. Prints p50/p99/max per configuration; not a test.
 
     .venv/bin/python bench/llm_latency.py [--checkpoint DIR] [--steps 120] [--threads 1] [--window 10]
+    .venv/bin/python bench/llm_latency.py --live [--testbed NAME] [--policy aqm-llm] [--duration 20]
+
+--live runs each policy (default: the shipped aqm-llm and aqm-llm-student) closed loop on a
+namespace testbed, beside the real nfqueue link and the testbed's own traffic, and prints what
+the control loop saw: decisions, missed deadlines (late answers, kept the previous decision),
+ticks that found the control thread still busy, the decision time as the loop measured it and,
+for AQM-LLM, the model's own compute time in its worker process. Without --testbed it builds
+testbeds/mininet-like.yaml under the name "llmbench" and tears down only that one. The offline
+rows below do not predict the live ones: live, the link, the senders and other work share the
+cores (issue 15).
 
 Without --checkpoint the encoder, head and LoRA weights are untrained: latency does not depend
 on their values. The model is built with exits at 4, 8 and 16 layers so one backbone serves
@@ -107,13 +117,92 @@ def student_row(stats, sts: list, repeat: int) -> None:
           f"{r['cpu50'] * 1e3:.1f} us, p99 {r['cpu99'] * 1e3:.1f} us")
 
 
+STUDENT_GOAL_US = 50.0
+
+
+def live(names: list[str], testbed: str | None, duration: float, repeat: int) -> None:
+    """Each policy closed loop on a real link with traffic; one row per run."""
+    from pathlib import Path
+
+    from orchestrator import providers
+    from orchestrator.commands.run import parse_policy_args
+    from orchestrator.experiment.run import Run, RunConfig
+    from orchestrator.spec import schema
+
+    own = testbed is None
+    if own:
+        spec = schema.load(Path(__file__).resolve().parents[1] / "testbeds" / "mininet-like.yaml")
+        spec = spec.model_copy(update={"name": "llmbench"})
+        tbmod_down("llmbench")
+        providers.up(spec)
+        testbed = "llmbench"
+    try:
+        tb = providers.load(testbed)
+        scenario = tb.spec().scenario
+        print(f"live, testbed {testbed!r} ({tb.bottleneck.rate_bps / 1e6:g} Mbit/s, "
+              f"{len(scenario.flows)} flows), {duration:g} s per run, load average "
+              f"{os.getloadavg()[0]:.2f}")
+        print(f"{'policy':>28} {'decisions':>9} {'missed':>7} {'missed %':>8} {'busy':>5} "
+              f"{'decide p50':>10} {'p99':>9} {'compute p50':>11} {'p99':>9}  goal")
+        for spec_text in names:
+            name, _, arg_text = spec_text.partition(":")
+            args = parse_policy_args(tuple(a for a in arg_text.split(",") if a))
+            for rep in range(repeat):
+                config = RunConfig(policy=name, policy_args=args, duration_s=duration, seed=1 + rep,
+                                   results_root=Path("results") / "bench-llm-live")
+                run_dir = Run(tb, scenario, config).execute()
+                live_row(spec_text, run_dir)
+    finally:
+        if own:
+            tbmod_down("llmbench")
+
+
+def tbmod_down(name: str) -> None:
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "orchestrator.cli", "down", name], capture_output=True, check=False)
+
+
+def live_row(label: str, run_dir) -> None:
+    import json
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    counters_path = run_dir / "telemetry" / "nfqueue-counters.json"
+    control = json.loads(counters_path.read_text()).get("control", {}) if counters_path.exists() else {}
+    n, missed = summary.get("decisions") or 0, summary.get("missed_deadlines") or 0
+    p50, p99 = summary.get("decide_us_p50") or float("nan"), summary.get("decide_us_p99") or float("nan")
+    c50 = control.get("worker_compute_us_p50", float("nan"))
+    c99 = control.get("worker_compute_us_p99", float("nan"))
+    if label.startswith("aqm-llm-student"):
+        goal = f"p99 {p99:.0f} us against the student's goal of {STUDENT_GOAL_US:.0f} us: " \
+               f"{'met' if p99 <= STUDENT_GOAL_US else 'NOT met'}"
+    else:
+        share = missed / max(n, 1)
+        goal = f"missed {share:.2%} against the goal of 0.5%: {'met' if share <= 0.005 else 'NOT met'}"
+    print(f"{label:>28} {n:>9} {missed:>7} {missed / max(n, 1):>8.2%} {control.get('busy_ticks', 0):>5} "
+          f"{_us(p50):>10} {_us(p99):>9} {_us(c50):>11} {_us(c99):>9}  {goal}", flush=True)
+
+
+def _us(us: float) -> str:
+    return "-" if us != us else (f"{us / 1e3:.2f} ms" if us >= 1000 else f"{us:.0f} us")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint")
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--window", type=int, default=10)
+    ap.add_argument("--live", action="store_true", help="closed loop on a namespace testbed")
+    ap.add_argument("--testbed", help="with --live: a testbed that is up (default: build llmbench)")
+    ap.add_argument("--policy", action="append", help="with --live: NAME[:KEY=VALUE,...], repeatable")
+    ap.add_argument("--duration", type=float, default=20.0)
+    ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
+    if args.live:
+        live(args.policy or ["aqm-llm", "aqm-llm-student"], args.testbed, args.duration, args.repeat)
+        return
     torch.set_num_threads(args.threads)
     sts = states(args.steps)
     if args.checkpoint:

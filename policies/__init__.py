@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 from typing import Any
 
 from policies.base import ParamError, Policy
@@ -66,7 +67,10 @@ def to_config(policy: Policy, seed: int | None = None) -> dict[str, Any]:
         explore = {"epsilon": policy.epsilon, "spread": policy.spread, "hold": policy.hold,
                    "seed": seed or 0}
         policy = policy.inner
-    args = {k: v for k, v in dataclasses.asdict(policy.params).items() if v is not None}
+    # None and NaN are "not set" defaults (aqm-llm's target_return): strict JSON cannot carry a
+    # NaN, and the router's copy takes the same default when the key is absent
+    args = {k: v for k, v in dataclasses.asdict(policy.params).items()
+            if v is not None and not (isinstance(v, float) and math.isnan(v))}
     return {"policy": policy.name, "policy_args": args, "explore": explore}
 
 

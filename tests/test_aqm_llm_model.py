@@ -18,7 +18,7 @@ from policies import telemetry
 from policies.aqm_llm import dataset as D
 from policies.aqm_llm.backbone import load_backbone
 from policies.aqm_llm.checkpoint import load_checkpoint, save_checkpoint
-from policies.aqm_llm.features import from_state
+from policies.aqm_llm.features import from_state, split_vector
 from policies.aqm_llm.model import AqmLlm, ModelConfig
 from policies.aqm_llm.policy import AqmLlmParams, AqmLlmPolicy
 from policies.aqm_llm.reward import reward, reward_columns
@@ -224,10 +224,10 @@ def test_the_real_smollm2_loads_and_runs_a_forward_pass(stats, pool):
 def test_control_loop_rows_rebuild_the_features_the_policy_saw(pool, stats, tmp_path):
     """Policy in the real ControlLoop (which adds the history); its logged rows, read back as a
     pool, give exactly the features the policy computed live."""
-    policy = AqmLlmPolicy(AqmLlmParams(), model=perturbed(seed=9), stats=stats)
+    policy = AqmLlmPolicy(AqmLlmParams(deadline_ms=10_000), model=perturbed(seed=9), stats=stats)
     seen = []
-    live = policy.probabilities
-    policy.probabilities = lambda s: (seen.append(from_state(s)), live(s))[1]
+    live = policy.propose
+    policy.propose = lambda v: (seen.append(split_vector(v.copy())), live(v))[1]
     loop = ControlLoop(policy, tupdate_s=0.016, log_dir=tmp_path / "control", deadline_s=10.0,
                        reward_fn=reward)
     for i, s in enumerate(D.states(first_episode(pool, 24))):

@@ -19,7 +19,6 @@ from policies.aqm_llm.distill import fit_student, teacher_labels
 from policies.aqm_llm.features import from_rows
 from policies.aqm_llm.model import AqmLlm, ModelConfig
 from policies.aqm_llm.student import Student, StudentPolicy, student_inputs
-from policies.base import ParamError
 from policies.errors import PolicyError as UserError
 
 from conftest import run_cli
@@ -111,7 +110,8 @@ def test_pool_train_distill_commands(pool, tmp_path):
                               "--early-exit-layers", "2"], catch_exceptions=False)
     assert out.exit_code == 0, out.output
     assert (tmp_path / "st" / "student.safetensors").is_file()
-    assert json.loads((tmp_path / "st" / "student.json").read_text())["early_exit_layers"] == 2
+    info = json.loads((tmp_path / "st" / "student.json").read_text())
+    assert info["teacher_settings"]["early_exit_layers"] == 2
 
 
 def test_a_wrong_backbone_is_one_line_of_error_not_a_traceback(tmp_path, pool):
@@ -123,6 +123,12 @@ def test_a_wrong_backbone_is_one_line_of_error_not_a_traceback(tmp_path, pool):
 
 
 @pytest.mark.parametrize("name", ["aqm-llm", "aqm-llm-student"])
-def test_the_llm_policies_need_a_checkpoint(name):
-    with pytest.raises(ParamError, match="'checkpoint'"):
+def test_the_llm_policies_default_to_the_shipped_models(name, monkeypatch, tmp_path):
+    """No checkpoint argument: the model shipped in models/ (a missing one says where it looked)."""
+    from policies.aqm_llm import policy as llm
+    from policies.aqm_llm import student as st
+
+    monkeypatch.setattr(llm, "DEFAULT_CHECKPOINT", tmp_path / "gone")
+    monkeypatch.setattr(st, "DEFAULT_STUDENT", tmp_path / "gone")
+    with pytest.raises(UserError, match="gone"):
         policies.make(name, {})

@@ -52,8 +52,10 @@ def _run(testbed: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
 
 RUN_CASES = [
     (["--policy", "nosuchpolicy"], ["unknown policy 'nosuchpolicy'"]),
-    (["--policy", "aqm-llm"], ["checkpoint"]),
-    (["--policy", "aqm-llm-student"], ["checkpoint"]),
+    # the shipped models are the default; a checkpoint that is not there is one line
+    (["--policy", "aqm-llm:checkpoint=/nonexistent/ck"], ["checkpoint", "/nonexistent/ck"]),
+    (["--policy", "aqm-llm-student", "--policy-arg", "checkpoint=/nonexistent/st"],
+     ["/nonexistent/st"]),
     (["--policy-arg", "nosuchkey=1"], ["unknown parameter 'nosuchkey'"]),
     (["--policy-arg", "target_ms=abc"], ["target_ms", "abc"]),
     (["--policy-arg", "target_ms=-5"], ["target_ms", "-5"]),
@@ -96,7 +98,7 @@ def test_scenario_file_errors_name_the_file(testbed, tmp_path, extra, words):
 
 EVALUATE_SPECS = [("nosuch", "unknown policy"), ("dualpi2:target_ms=abc", "abc"),
                   ("dualpi2:target_ms=nan", "finite"), ("dualpi2:nosuchkey=1", "nosuchkey"),
-                  ("aqm-llm", "checkpoint")]
+                  ("aqm-llm:checkpoint=/nonexistent/ck", "/nonexistent/ck")]
 
 
 @needs_root

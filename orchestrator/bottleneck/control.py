@@ -52,6 +52,10 @@ class ControlLoop:
         self._sojourn = {c: deque(maxlen=history_len) for c in CLASSES}
         self._rate = {c: deque(maxlen=history_len) for c in CLASSES}
         self.writer = PartWriter(log_dir, flush_rows=10_000, flush_s=flush_s) if log_dir else None
+        # a policy may prepare what only the process running its control loop needs (the
+        # AQM-LLM's decision worker); the process that only checks a run never calls it
+        getattr(policy, "start", _nothing)()
+        self._policy_stats: dict[str, Any] = {}
 
     # ---- one update
     def step(self, state: QueueState, now: float) -> Decision:
@@ -66,7 +70,9 @@ class ControlLoop:
         except Exception as exc:  # a broken policy must not take the link down
             fresh, error = None, f"{type(exc).__name__}: {exc}"
         took = time.perf_counter() - t0
-        missed = fresh is not None and took > self.deadline_s
+        # a policy that decides elsewhere (policies/aqm_llm/worker.py) returns at its deadline
+        # with the decision in force and says it was late
+        missed = fresh is not None and (took > self.deadline_s or getattr(self.policy, "late", False) is True)
         self._account(took, missed, error)
         if fresh is not None and not missed:
             self.decision = fresh
@@ -141,7 +147,7 @@ class ControlLoop:
     # ---- reporting
     def stats(self) -> dict[str, Any]:
         us = sorted(self.decide_us)
-        return {
+        return {**(self._policy_stats or getattr(self.policy, "latency_stats", dict)()),
             "updates": self.updates, "missed": self.missed, "errors": self.errors,
             "late_wakeups": self.late_wakeups, "skipped_ticks": self.skipped_ticks,
             "decide_us_p50": _quantile(us, 0.50), "decide_us_p99": _quantile(us, 0.99),
@@ -149,8 +155,14 @@ class ControlLoop:
         }
 
     def close(self) -> None:
+        self._policy_stats = getattr(self.policy, "latency_stats", dict)()  # before close() ends them
+        getattr(self.policy, "close", _nothing)()
         if self.writer is not None:
             self.writer.close()
+
+
+def _nothing() -> None:
+    return None
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:

@@ -6,17 +6,12 @@ torch and transformers are imported inside the commands, so `testbed --help` sta
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import click
 
 from orchestrator.errors import UserError
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise UserError(f"expected comma-separated integers, got {text!r}") from None
 
 
 @click.group()
@@ -38,64 +33,103 @@ def pool_build(runs: tuple[str, ...], out: str) -> None:
     click.echo(f"pool: {path} ({len(frame)} rows, {frame['episode'].nunique()} episodes)")
 
 
+def _given(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """The options typed on the command line (not defaults): they override the config file."""
+    from click.core import ParameterSource
+
+    return {k: v for k, v in values.items()
+            if k != "config" and ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+
+
+def _settings(ctx: click.Context, kind: type, config: str | None, values: dict[str, Any]) -> Any:
+    """Config file (or defaults), then command-line options on top; one line on a bad key."""
+    from orchestrator.spec import mlconfig as cfgmod
+
+    base = cfgmod.load(config, kind) if config else kind()
+    return cfgmod.merge(base, _given(ctx, values), config or "command line")
+
+
 @click.command()
-@click.option("--pool", "pools", required=True, multiple=True, type=click.Path(exists=True),
+@click.option("--config", type=click.Path(dir_okay=False),
+              help="YAML file of these settings (models/aqm-llm/train.yaml); options override it.")
+@click.option("--pool", multiple=True, type=click.Path(exists=True),
               help="pool.parquet, a run directory or a directory of runs (repeatable).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Checkpoint directory.")
-@click.option("--steps", default=300, show_default=True)
-@click.option("--batch", default=16, show_default=True)
-@click.option("--lr", default=3e-4, show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--window", default=10, show_default=True, help="Steps of context (K).")
-@click.option("--lora-rank", default=8, show_default=True, help="0: no LoRA (only encoder and head train).")
-@click.option("--lora-alpha", default=16, show_default=True)
-@click.option("--lora-targets", default="q_proj,v_proj", show_default=True)
-@click.option("--full-finetune", is_flag=True, help="Train every backbone weight instead of LoRA.")
-@click.option("--layers", default=0, show_default=True, help="Keep only the first N decoder layers (0: all).")
-@click.option("--exits", default="", help="Shallower depths to train for early exit, e.g. 4,8.")
-@click.option("--backbone", default="smollm2", show_default=True,
-              help="smollm2, tiny, or a local HF causal-LM directory.")
+@click.option("--out", type=click.Path(file_okay=False), help="Checkpoint directory.")
+@click.option("--export", type=click.Path(file_okay=False),
+              help="Also copy the final model, without optimizer state, here (models/aqm-llm).")
+@click.option("--steps", type=int, help="[300]")
+@click.option("--batch", type=int, help="[16]")
+@click.option("--lr", type=float, help="[3e-4]")
+@click.option("--seed", type=int, help="[0]")
+@click.option("--window", type=int, help="Steps of context (K). [10]")
+@click.option("--lora-rank", type=int, help="0: no LoRA (only encoder and head train). [8]")
+@click.option("--lora-alpha", type=int, help="[16]")
+@click.option("--lora-targets", help="[q_proj,v_proj]")
+@click.option("--full-finetune/--lora", default=None, help="Train every backbone weight instead of LoRA.")
+@click.option("--layers", type=int, help="Keep only the first N decoder layers (0: all). [0]")
+@click.option("--exits", help="Shallower depths to train for early exit, e.g. 4,8.")
+@click.option("--backbone", help="smollm2, tiny, or a local HF causal-LM directory. [smollm2]")
 @click.option("--exclude-scenario", "exclude", multiple=True,
               help="Leave this scenario's runs out (held out for evaluation; repeatable).")
-@click.option("--resume/--no-resume", default=True, show_default=True)
-@click.option("--ckpt-every", default=100, show_default=True)
-@click.option("--val-every", default=50, show_default=True)
-@click.option("--threads", default=2, show_default=True, help="torch CPU threads.")
-def train(pools: tuple[str, ...], out: str, steps: int, batch: int, lr: float, seed: int, window: int,
-          lora_rank: int, lora_alpha: int, lora_targets: str, full_finetune: bool, layers: int, exits: str,
-          backbone: str, exclude: tuple[str, ...], resume: bool, ckpt_every: int, val_every: int,
-          threads: int) -> None:
+@click.option("--resume/--no-resume", default=None, help="[resume]")
+@click.option("--ckpt-every", type=int, help="[100]")
+@click.option("--val-every", type=int, help="[50]")
+@click.option("--threads", type=int, help="torch CPU threads. [2]")
+@click.pass_context
+def train(ctx: click.Context, **values: Any) -> None:
     """Fine-tune AQM-LLM on an experience pool (return-conditioned offline RL)."""
+    from orchestrator.spec.mlconfig import TrainConfig
+
+    c = _settings(ctx, TrainConfig, values["config"], values)
+    if not c.pool or not c.out:
+        raise UserError("train needs a pool and an out directory (--pool/--out, or pool:/out: "
+                        "in the --config file)")
+    missing = [p for p in c.pool if not Path(p).exists()]
+    if missing:
+        raise UserError(f"pool {missing[0]}: no such file or directory")
     import torch
 
     from policies.aqm_llm.train import train as do_train
 
-    torch.set_num_threads(threads)
-    result = do_train(list(pools), out, steps=steps, batch=batch, lr=lr, seed=seed, window=window,
-                      lora_rank=lora_rank, lora_alpha=lora_alpha, backbone=backbone, resume=resume,
-                      lora_targets=tuple(t.strip() for t in lora_targets.split(",") if t.strip()),
-                      full_finetune=full_finetune, layers=layers, exits=_ints(exits),
-                      ckpt_every=ckpt_every, val_every=val_every, exclude=exclude)
+    torch.set_num_threads(c.threads)
+    result = do_train(list(c.pool), c.out, steps=c.steps, batch=c.batch, lr=c.lr, seed=c.seed,
+                      window=c.window, gamma=c.gamma, lora_rank=c.lora_rank, lora_alpha=c.lora_alpha,
+                      backbone=c.backbone, resume=c.resume, lora_targets=tuple(c.lora_targets),
+                      full_finetune=c.full_finetune, layers=c.layers, exits=tuple(c.exits),
+                      ckpt_every=c.ckpt_every, val_every=c.val_every, exclude=tuple(c.exclude),
+                      deploy=c.deploy, recipe=c.model_dump())
     if result["main_process"]:  # under `accelerate launch` every process returns here
+        if c.export:
+            from policies.aqm_llm.checkpoint import export
+
+            result["exported"] = str(export(c.out, c.export))
         click.echo(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
 
 
 @click.command()
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--pool", "pools", required=True, multiple=True, type=click.Path(exists=True))
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Student directory.")
-@click.option("--steps", default=2000, show_default=True)
-@click.option("--hidden", default="64,64", show_default=True, help="Hidden layer sizes.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--early-exit-layers", default=0, show_default=True, help="Teacher depth (a trained exit).")
-@click.option("--threads", default=2, show_default=True)
-def distill(checkpoint: str, pools: tuple[str, ...], out: str, steps: int, hidden: str, seed: int,
-            early_exit_layers: int, threads: int) -> None:
+@click.option("--config", type=click.Path(dir_okay=False),
+              help="YAML file of these settings (models/aqm-llm-student/distill.yaml).")
+@click.option("--checkpoint", type=click.Path(exists=True, file_okay=False))
+@click.option("--pool", multiple=True, type=click.Path(exists=True))
+@click.option("--out", type=click.Path(file_okay=False), help="Student directory.")
+@click.option("--steps", type=int, help="[2000]")
+@click.option("--hidden", help="Hidden layer sizes. [64,64]")
+@click.option("--seed", type=int, help="[0]")
+@click.option("--early-exit-layers", type=int, help="Teacher depth (a trained exit). [0: all]")
+@click.option("--threads", type=int, help="[2]")
+@click.pass_context
+def distill(ctx: click.Context, **values: Any) -> None:
     """Distil an AQM-LLM checkpoint into the small aqm-llm-student policy."""
+    from orchestrator.spec.mlconfig import DistillConfig
+
+    c = _settings(ctx, DistillConfig, values["config"], values)
+    if not c.checkpoint or not c.pool or not c.out:
+        raise UserError("distill needs a checkpoint, a pool and an out directory "
+                        "(options, or keys of the --config file)")
     from policies.aqm_llm.distill import distill as do_distill
 
-    result = do_distill(checkpoint, list(pools), out, steps=steps, hidden=_ints(hidden), seed=seed,
-                        early_exit_layers=early_exit_layers, threads=threads)
+    result = do_distill(c.checkpoint, list(c.pool), c.out, steps=c.steps, hidden=tuple(c.hidden),
+                        seed=c.seed, early_exit_layers=c.early_exit_layers, threads=c.threads)
     click.echo(json.dumps(result, indent=1))
 
 

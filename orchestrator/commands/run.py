@@ -35,7 +35,9 @@ def load_scenario(path: str | None, tb: Any) -> Any:
 
 
 @click.command()
-@click.option("--policy", help="AQM policy (see `testbed policies`). Default: the scenario's, else dualpi2.")
+@click.option("--policy", metavar="NAME[:KEY=VALUE,...]",
+              help="AQM policy (see `testbed policies`), optionally with parameters as in `testbed "
+                   "evaluate`. Default: the scenario's, else dualpi2.")
 @click.option("--datapath", type=click.Choice(bottleneck.names()),
               help="Where the policy runs (default: the scenario's, else nfqueue).")
 @click.option("--scenario", "scenario_file", type=click.Path(dir_okay=False),
@@ -75,7 +77,10 @@ def run(policy: str | None, datapath: str | None, scenario_file: str | None, dur
         sweep_dir = Path(resume)
     else:
         scenario = load_scenario(scenario_file, tb)
-        args = {**scenario.policy_args, **parse_policy_args(policy_args)}
+        policy, _, inline = (policy or "").partition(":")  # NAME:KEY=VALUE,... as evaluate takes it
+        policy = policy or None
+        inline_args = tuple(a for a in inline.split(",") if a)
+        args = {**scenario.policy_args, **parse_policy_args(inline_args), **parse_policy_args(policy_args)}
         config = RunConfig(policy=policy or scenario.policy or "dualpi2",
                            datapath=datapath or scenario.datapath or DEFAULT_DATAPATH,
                            policy_args=args, duration_s=duration, seed=seed)

@@ -15,11 +15,14 @@ from orchestrator.testbed import state
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-def up(file: str) -> None:
+@click.option("--name", help="Build it under this name instead of the file's (e.g. a second copy).")
+def up(file: str, name: str | None) -> None:
     """Build the testbed described by FILE (YAML)."""
     from orchestrator.spec import schema
 
     spec = schema.load(file)
+    if name is not None:
+        spec = spec.model_copy(update={"name": testbed_name(name)})
     click.echo(f"building testbed {spec.name!r}: {len(spec.hosts)} hosts, {len(spec.links)} links",
                err=True)
     tb = providers.up(spec, progress=lambda msg: click.echo(f"  {msg}", err=True))

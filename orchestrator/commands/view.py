@@ -62,6 +62,14 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def _missed(summary: dict) -> str:
+    """'5 of 1338 (0.37%)': a count means little without the number of decisions."""
+    missed, total = summary.get("missed_deadlines"), summary.get("decisions")
+    if missed is None or not total:
+        return _fmt(missed)
+    return f"{missed} of {total} ({missed / total:.2%})"
+
+
 def print_summary(run_dir: Path, as_json: bool = False) -> None:
     path = run_dir / "summary.json"
     if not path.exists():
@@ -93,7 +101,7 @@ def print_summary(run_dir: Path, as_json: bool = False) -> None:
     out.print(f"utilisation {_fmt(summary.get('utilization'), 3)}   Jain {_fmt(summary.get('jain_index'), 3)}"
               f"   Jain(D_SS) {_fmt(summary.get('jain_d_ss'), 3)}"
               f"   L4S/classic rate ratio {_fmt(summary.get('l4s_classic_rate_ratio'))}"
-              f"   missed deadlines {_fmt(summary.get('missed_deadlines'))}")
+              f"   missed deadlines {_missed(summary)}")
     dyn = summary.get("dynamics")
     if dyn and dyn.get("changes"):
         out.print(dynamics_table(dyn))

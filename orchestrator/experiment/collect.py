@@ -251,11 +251,12 @@ def table(out: Path, rows: list[dict[str, Any]]) -> Any:
                         "l4s_p50": lq.get("p50"), "l4s_p99": lq.get("p99"),
                         "c_p50": cq.get("p50"), "c_p99": cq.get("p99"),
                         "utilization": s.get("utilization"), "jain": s.get("jain_index"),
+                        "l4s_c_ratio": s.get("l4s_classic_rate_ratio"),
                         "missed": s.get("missed_deadlines") or 0})
     frame = pd.DataFrame.from_records(records)
     if frame.empty:
         return frame
-    cols = ["l4s_p50", "l4s_p99", "c_p50", "c_p99", "utilization", "jain", "missed"]
+    cols = ["l4s_p50", "l4s_p99", "c_p50", "c_p99", "utilization", "jain", "l4s_c_ratio", "missed"]
     frame[cols] = frame[cols].astype(float)
     agg = frame.groupby("policy")[cols].agg(["mean", "std"])
     agg["runs"] = frame.groupby("policy").size()

@@ -38,13 +38,31 @@ def refuse_pickles(path: Path) -> None:
                         f"({', '.join(found)}); only safetensors and json are loaded")
 
 
+def read_json(path: Path, what: str = "checkpoint") -> dict[str, Any]:
+    """A JSON object from `path`, or one line naming the file."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"{what} {path.parent}: {path.name} is not readable JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what} {path.parent}: {path.name}: expected a JSON object, "
+                        f"got {type(data).__name__}")
+    return data
+
+
 def resolve(path: str | Path) -> Path:
     """The checkpoint directory itself, or the one latest.json of a training directory names."""
     p = Path(path).expanduser()
+    if p.is_file():
+        raise UserError(f"checkpoint {p}: a file; expected a checkpoint directory of safetensors and "
+                        "JSON (testbed train --out)")
     if not p.is_dir():
         raise UserError(f"checkpoint {p}: no such directory")
     if not (p / "config.json").is_file() and (p / "latest.json").is_file():
-        p = p / json.loads((p / "latest.json").read_text())["dir"]
+        name = read_json(p / "latest.json").get("dir")
+        if not isinstance(name, str) or "/" in name or name.startswith("."):
+            raise UserError(f"checkpoint {p}: latest.json key 'dir': expected a step-NNNNNN name")
+        p = p / name
     if not (p / "config.json").is_file():
         raise UserError(f"checkpoint {p}: no config.json (not an AQM-LLM checkpoint)")
     return p
@@ -98,10 +116,17 @@ def load_checkpoint(path: str | Path,
 
     p = resolve(path)
     refuse_pickles(p)
-    config = json.loads((p / "config.json").read_text())
+    config = read_json(p / "config.json")
     if config.get("format") != FORMAT:
-        raise UserError(f"checkpoint {p}: format {config.get('format')!r}, expected {FORMAT!r}")
-    cfg = ModelConfig.from_dict(config["model"])
+        raise UserError(f"checkpoint {p}: config.json key 'format': {config.get('format')!r}, "
+                        f"expected {FORMAT!r}")
+    for key, kind in (("model", dict), ("width", int), ("depth", int)):
+        if not isinstance(config.get(key), kind):
+            raise UserError(f"checkpoint {p}: config.json key {key!r}: expected a {kind.__name__}")
+    try:
+        cfg = ModelConfig.from_dict(config["model"])
+    except TypeError as e:
+        raise UserError(f"checkpoint {p}: config.json key 'model': {e}") from None
     if backbone:
         cfg.backbone = backbone
     model = AqmLlm(cfg)
@@ -118,29 +143,74 @@ def load_checkpoint(path: str | Path,
 
 
 def _load_weights(model: AqmLlm, p: Path) -> None:
-    from safetensors.torch import load_file
     own: dict[str, Any] = {}
     for name in ("encoder.safetensors", "head.safetensors"):
-        if not (p / name).is_file():
-            raise UserError(f"checkpoint {p}: {name} is missing")
-        own.update(load_file(p / name))
-    missing, unexpected = model.load_state_dict(own, strict=False)
+        own.update(_need(p, name))
+    try:
+        missing, unexpected = model.load_state_dict(own, strict=False)
+    except RuntimeError as e:
+        raise UserError(f"checkpoint {p}: weights do not fit the model: {_detail(e)}") from None
     missing = [k for k in missing if not k.startswith("backbone.")]
     if missing or unexpected:
         raise UserError(f"checkpoint {p}: weights do not fit the model (missing {missing[:3]}, "
                         f"unexpected {unexpected[:3]})")
-    if model.cfg.full_finetune:
-        model.decoder.load_state_dict(_need(p, "backbone.safetensors"))
-    elif model.cfg.lora_rank > 0:
+    try:
+        if model.cfg.full_finetune:
+            model.decoder.load_state_dict(_need(p, "backbone.safetensors"))
+            return
+        if model.cfg.lora_rank <= 0:
+            return
         from peft import set_peft_model_state_dict
 
         result = set_peft_model_state_dict(model.backbone, _need(p, "adapter_model.safetensors"))
-        if result.unexpected_keys:
-            raise UserError(f"checkpoint {p}: adapter does not fit: {result.unexpected_keys[:3]}")
+    except RuntimeError as e:
+        raise UserError(f"checkpoint {p}: backbone weights do not fit: {_detail(e)}") from None
+    if result.unexpected_keys:
+        raise UserError(f"checkpoint {p}: adapter does not fit: {result.unexpected_keys[:3]}")
+
+
+def _detail(e: Exception) -> str:
+    """torch lists every mismatching tensor on a line of its own: the first one says enough."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[1] if len(lines) > 1 else (lines[0] if lines else type(e).__name__)
 
 
 def _need(p: Path, name: str) -> dict:
-    from safetensors.torch import load_file
     if not (p / name).is_file():
         raise UserError(f"checkpoint {p}: {name} is missing")
-    return load_file(p / name)
+    return load_safetensors(p / name)
+
+
+def load_safetensors(path: Path, numpy: bool = False) -> dict:
+    """Tensors of one safetensors file; a file of another format (a pickle renamed, a
+    truncated download) is one line naming it, and is never unpickled."""
+    if numpy:
+        from safetensors.numpy import load_file
+    else:
+        from safetensors.torch import load_file
+    try:
+        return load_file(path)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types (and OSError)
+        raise UserError(f"{path}: not a valid safetensors file ({type(e).__name__}: {e})") from None
+
+
+SHIPPED_FILES = ("config.json", "stats.json", "encoder.safetensors", "head.safetensors",
+                 "adapter_model.safetensors", "adapter_config.json", "backbone.safetensors")
+
+
+def export(path: str | Path, dest: str | Path) -> Path:
+    """Copy a checkpoint's model files (not the optimizer state, which only resuming needs)
+    into `dest`, next to whatever else lives there (a model card, the recipe)."""
+    src = resolve(path)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    config = json.loads((src / "config.json").read_text())
+    config.pop("optimizer_groups", None)
+    for name in SHIPPED_FILES:
+        if name == "config.json":
+            (dest / name).write_text(json.dumps(config, indent=1))
+        elif (src / name).is_file():
+            shutil.copyfile(src / name, dest / name)
+        elif (dest / name).is_file():
+            (dest / name).unlink()  # left from another kind of model: it would be loaded
+    return dest

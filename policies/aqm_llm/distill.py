@@ -107,7 +107,7 @@ def distill(checkpoint: str | Path, pool: pd.DataFrame | str | Path | Sequence[s
     weights, metrics = fit_student(labels, hidden, steps, seed=seed)
     student = Student({k: v for i, (w, b) in enumerate(weights) for k, v in ((f"w{i}", w), (f"b{i}", b))},
                       teacher.stats)
-    meta = {"teacher": str(Path(checkpoint).resolve()), "early_exit_layers": early_exit_layers,
+    meta = {"teacher": str(checkpoint), "teacher_settings": teacher.settings,
             "states": len(labels["x"]), "steps": steps, "seed": seed, **metrics}
     student.save(out, meta)
     return {"out": str(out), **meta}

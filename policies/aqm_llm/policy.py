@@ -17,7 +17,23 @@ the model never saw in training. Refilling is exact: with kv_cache off the same 
 re-encoded every update and the decisions agree within float tolerance.
 
 Speed: early_exit_layers runs a trained shallower exit; precision=int8 merges LoRA and
-quantises the backbone's Linear layers (bfloat16 casts it); see bench/llm_latency.py.
+quantises the backbone's Linear layers (bfloat16 casts it); see bench/llm_latency.py. A
+checkpoint may say how it runs by default (config.json "deploy", set by the train config):
+the shipped model exits at 4 layers in int8.
+
+Never late (issue 15). Live, the model runs in a process of its own (worker=true, policy
+worker.py, at a real-time priority): in-process, the forward pass's Python code competed with
+the link's event loop for the GIL. By default the loop is *pipelined*: at each tick the
+control loop applies the answer the worker computed from the previous tick's state, if it is
+there, and hands it this tick's state (a flat float vector, no pickle), so the control loop
+never waits; a decision takes effect one tupdate after its state. An answer not there at its
+tick is late: the decision in force stays, the miss is counted (`late`, read by the control
+loop), the answer is dropped when it comes, and the next request tells the worker which
+action was *applied*, so the model's context holds the decision in force, never one it
+proposed too late (issue 14, item 6). pipelined=false waits for this tick's answer at most
+until deadline_ms instead (fresher, but the control thread waits and misses more on a busy
+machine). A request is only sent once the worker is idle, so a slow worker never builds a
+backlog.
 
 Return conditioning: every step asks for the same return, `target_return` (default: the
 training pool's 90th percentile of returns-to-go, stored with the model).
@@ -30,11 +46,18 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 from policies import base
 from policies.base import CLASSES, ClassDecision, Decision, Params, Policy, QueueConfig, QueueState
+
+# the shipped model (models/aqm-llm/MODEL_CARD.md): what `--policy aqm-llm` runs by default
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "aqm-llm"
+DEPLOY_KEYS = ("early_exit_layers", "precision", "kv_cache", "refill", "threads", "l4s_step_ms",
+               "target_return")
+NO_SIGNAL = [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]  # Decision(): enqueue everything, per class
 
 
 def _param(default: Any, help_: str) -> Any:
@@ -43,13 +66,20 @@ def _param(default: Any, help_: str) -> Any:
 
 @dataclass
 class AqmLlmParams(Params):
-    checkpoint: str = _param("", "checkpoint directory (testbed train --out)")
-    early_exit_layers: int = _param(0, "run only N decoder layers (a trained exit); 0: all")
+    checkpoint: str = _param("", "checkpoint directory (testbed train --out); empty: the shipped "
+                                 "models/aqm-llm")
+    early_exit_layers: int = _param(0, "run only N decoder layers (a trained exit); 0: the "
+                                       "checkpoint's deploy setting, else all")
     kv_cache: bool = _param(True, "keep keys/values across updates")
     refill: int = _param(1, "steps kept when the context window is full (1: restart from this step)")
-    precision: str = _param("float32", "backbone at float32, bfloat16 or int8 (LoRA merged first)")
-    deadline_ms: float = _param(16.0, "decision deadline (the control loop enforces it)")
+    precision: str = _param("auto", "float32, bfloat16 or int8 (LoRA merged first); auto: the "
+                                    "checkpoint's deploy setting, else float32")
+    deadline_ms: float = _param(16.0, "decision deadline: a later answer is dropped and counted")
     threads: int = _param(1, "torch CPU threads")
+    worker: bool = _param(True, "decide in a process of its own while a control loop runs it")
+    pipelined: bool = _param(True, "with the worker: apply at each tick the decision computed from the "
+                                   "previous tick's state (never waits); false: wait for this tick's, "
+                                   "at most until the deadline")
     target_return: float = _param(math.nan, "return to condition on; NaN: the stored target")
     l4s_step_ms: float = _param(1.0, "L4S step-mark threshold in ms; 0 disables")
     backbone: str = _param("", "override where the checkpoint's backbone is found")
@@ -70,6 +100,8 @@ class Context:
         import torch
         from transformers import DynamicCache
 
+        if self.pending is not None:
+            raise RuntimeError("commit the pending step's action before deciding the next step")
         if len(self.steps) + 1 > self.window:
             self.steps = self.steps[len(self.steps) - (self.refill - 1):]
             self.cache, self.refills = None, self.refills + 1
@@ -84,7 +116,9 @@ class Context:
         return hidden
 
     def commit(self, action_token: Any) -> None:
-        """The decided action completes the pending step."""
+        """The action in force after the pending step (applied, not merely proposed) completes
+        it. Its token reaches the backbone with the next step's tokens, so committing late
+        costs nothing."""
         import torch
 
         self.steps.append(torch.cat([self.pending, action_token]))
@@ -99,7 +133,8 @@ class AqmLlmPolicy(Policy):
     datapaths: ClassVar[tuple[str, ...]] = ("nfqueue", "ebpf")
 
     def __init__(self, params: Params | None = None, model: Any = None, stats: Any = None) -> None:
-        """From params.checkpoint, or from a model and stats in memory (tests, distillation)."""
+        """From params.checkpoint (default: the shipped model), or from a model and stats in
+        memory (tests, distillation; these never use a worker process)."""
         super().__init__(params)
         import torch
 
@@ -107,49 +142,167 @@ class AqmLlmPolicy(Policy):
         from policies.aqm_llm.model import PRECISIONS
 
         p: AqmLlmParams = self.params  # type: ignore[assignment]
-        if p.precision not in PRECISIONS:
-            raise base.ParamError(f"parameter 'precision': expected one of {', '.join(PRECISIONS)}")
-        torch.set_num_threads(max(1, p.threads))
+        if p.precision not in (*PRECISIONS, "auto"):
+            raise base.ParamError(f"parameter 'precision': expected auto or one of {', '.join(PRECISIONS)}")
+        if p.deadline_ms <= 0:
+            raise base.ParamError(f"parameter 'deadline_ms': expected a positive number, "
+                                  f"got {p.deadline_ms:g}")
+        deploy: dict[str, Any] = {}
+        self.in_memory = model is not None
         if model is None:
-            if not p.checkpoint:
-                raise base.ParamError("parameter 'checkpoint': aqm-llm needs checkpoint=DIR "
-                                      "(a `testbed train --out` directory)")
-            model, stats, _ = load_checkpoint(p.checkpoint, backbone=p.backbone or None)
+            model, stats, config = load_checkpoint(p.checkpoint or DEFAULT_CHECKPOINT,
+                                                   backbone=p.backbone or None)
+            deploy = _deploy(config, p.checkpoint or str(DEFAULT_CHECKPOINT))
+        self.settings = resolved(p, deploy)  # what runs: params over the checkpoint's deploy
+        torch.set_num_threads(max(1, self.settings["threads"]))
         self.model, self.stats = model.eval(), stats
-        self.model.set_exit(p.early_exit_layers or self.model.depth)
-        self.model.for_inference(p.precision)
-        if not 1 <= p.refill <= self.model.cfg.window:
-            raise base.ParamError(f"parameter 'refill': expected 1..{self.model.cfg.window}, got {p.refill}")
-        target = stats.rtg_target if math.isnan(p.target_return) else p.target_return
+        self.model.set_exit(self.settings["early_exit_layers"] or self.model.depth)
+        self.model.for_inference(self.settings["precision"])
+        if not 1 <= self.settings["refill"] <= self.model.cfg.window:
+            raise base.ParamError(f"parameter 'refill': expected 1..{self.model.cfg.window}, "
+                                  f"got {self.settings['refill']}")
+        target = self.settings["target_return"]
+        target = stats.rtg_target if math.isnan(target) else target
         self.rtg = float(stats.norm_rtg(target))
         self.last_latency_s = 0.0
+        self.worker: Any = None
+        self.in_loop = False  # a control loop runs us and enforces the deadline (start())
+        self.prioritised = False
+        self.late = False  # the last update missed its deadline (the control loop counts it)
+        self.late_updates = 0
         self.reset()
 
     def reset(self) -> None:
-        self.context = Context(self.model, self.model.cfg.window, self.params.refill, self.params.kv_cache)
+        self.context = Context(self.model, self.model.cfg.window, self.settings["refill"],
+                               self.settings["kv_cache"])
+        self.applied = NO_SIGNAL  # probabilities in force (what the context commits)
+        self.current = Decision()
+        self.stale = False  # pipelined: the outstanding answer came too late and will be dropped
 
     def queue_config(self) -> QueueConfig:
         return QueueConfig(dualq=True)
 
-    def probabilities(self, state: QueueState) -> Any:
-        """[2, 3] float64 tensor: per class (enqueue, drop, mark)."""
+    # ---- lifecycle: the control loop starts and closes its policy
+    def start(self) -> None:
+        """Move decisions to a worker process (unless worker=false or the model came from
+        memory). Called by the process that runs the control loop, not by the one that only
+        checks the run, so only one worker exists; returns when the worker is ready."""
+        self.in_loop = True
+        if self.worker is not None or self.in_memory or not self.params.worker:
+            return
+        from policies.aqm_llm.worker import Worker
+
+        self.worker = Worker(self.params, self.settings, in_process_policy)
+        self.model = None  # the worker has its own copy; this one would only hold memory
+        self.context = None
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+    # ---- deciding
+    def propose(self, vector: Any) -> Any:
+        """[2, 3] float64 probabilities for a raw state vector (features.state_vector): the
+        pending step is first completed with the action that was applied after it."""
         import torch
 
-        from policies.aqm_llm.features import from_state
+        from policies.aqm_llm.features import split_vector
 
-        feats = self.stats.apply(from_state(state))
+        if self.context.pending is not None:
+            self.context.commit(self.model.action_token(torch.tensor(self.applied, dtype=torch.float32)))
+        feats = self.stats.apply(split_vector(vector))
         with torch.inference_mode():
             hidden = self.context.decide(self.model.step_tokens(self.rtg, feats))
-            probs = torch.softmax(self.model.head(hidden).double(), dim=-1)
-            self.context.commit(self.model.action_token(probs.float()))
+            return torch.softmax(self.model.head(hidden).double(), dim=-1)
+
+    def probabilities(self, state: QueueState) -> Any:
+        """[2, 3] float64 tensor: per class (enqueue, drop, mark), taken as applied (offline:
+        distillation, tests)."""
+        from policies.aqm_llm.features import state_vector
+
+        probs = self.propose(state_vector(state))
+        self.applied = probs.tolist()
         return probs
 
     def update(self, state: QueueState) -> Decision:
+        from policies.aqm_llm.features import state_vector
+
         t0 = time.perf_counter()
-        probs = self.probabilities(state).tolist()
-        decision = to_decision(probs, self.params.l4s_step_ms)
+        if self.worker is not None and not self.prioritised:
+            from policies.aqm_llm.worker import prioritise_control_thread
+
+            self.prioritised = prioritise_control_thread() or True  # try once
+        if self.worker is not None and self.params.pipelined:
+            probs, self.late = self._pipelined(state, t0)
+        else:
+            vector = state_vector(state)
+            if self.worker is not None:
+                probs = self.worker.decide(vector, self.applied, t0 + self.settings["deadline_ms"] / 1e3)
+            else:
+                probs = self.propose(vector).tolist()
+                if self.in_loop and time.perf_counter() - t0 > self.settings["deadline_ms"] / 1e3:
+                    probs = None  # the control loop drops it too: the context keeps what is in force
+            self.late = probs is None
         self.last_latency_s = time.perf_counter() - t0
-        return decision
+        self.late_updates += self.late
+        if probs is None:
+            return self.current
+        self.applied = probs
+        self.current = to_decision(probs, self.settings["l4s_step_ms"])
+        return self.current
+
+    def _pipelined(self, state: QueueState, t0: float) -> tuple[list[list[float]] | None, bool]:
+        """(probabilities to apply now or None, late?). Applies the answer to the previous
+        tick's state, and hands the worker this tick's state. The answer had a whole tick; if
+        it is not there yet, it gets at most a grace of half the deadline (the control loop
+        then still has half a tick for itself), else it is late: dropped when it comes, and
+        the decision in force is what the model's context commits for that step."""
+        from policies.aqm_llm.features import state_vector
+
+        fresh, first = None, False
+        if self.stale:  # the answer of an earlier tick came too late: drop it, then start afresh
+            if not self.worker.drop_late():
+                return None, True  # still computing: this tick's state waits for the next tick
+            self.stale = False
+        elif self.worker.busy:
+            fresh = self.worker.collect(t0 + self.settings["deadline_ms"] / 2e3)
+            if fresh is None:
+                self.stale = True
+                return None, True
+        else:
+            first = True  # nothing computed yet, so nothing is late
+        # what was applied after the previous step: its answer, or the decision kept in force
+        self.worker.submit(state_vector(state), fresh if fresh is not None else self.applied)
+        return fresh, fresh is None and not first
+
+    def latency_stats(self) -> dict[str, float]:
+        """The worker's own compute times (the part of a decision spent in the model)."""
+        return self.worker.stats() if self.worker is not None else {}
+
+
+def resolved(p: AqmLlmParams, deploy: dict[str, Any]) -> dict[str, Any]:
+    """Deployment settings: a parameter given explicitly wins over the checkpoint's deploy."""
+    defaults = AqmLlmParams()
+    out = {}
+    for key in (*DEPLOY_KEYS, "deadline_ms"):
+        value = getattr(p, key)
+        unset = value == getattr(defaults, key) or (isinstance(value, float) and math.isnan(value))
+        out[key] = deploy[key] if unset and key in deploy else value
+    if out["precision"] == "auto":
+        out["precision"] = "float32"
+    return out
+
+
+def _deploy(config: dict[str, Any], where: str) -> dict[str, Any]:
+    deploy = config.get("deploy") or {}
+    if not isinstance(deploy, dict):
+        raise base.ParamError(f"checkpoint {where}: config.json key 'deploy': expected a mapping")
+    unknown = sorted(set(deploy) - set(DEPLOY_KEYS))
+    if unknown:
+        raise base.ParamError(f"checkpoint {where}: config.json key 'deploy.{unknown[0]}': unknown "
+                              f"(expected {', '.join(DEPLOY_KEYS)})")
+    return deploy
 
 
 def to_decision(probs: list[list[float]], l4s_step_ms: float) -> Decision:
@@ -161,3 +314,8 @@ def to_decision(probs: list[list[float]], l4s_step_ms: float) -> Decision:
         step = l4s_step_ms if cls == "l4s" and l4s_step_ms > 0 else None
         out[cls] = ClassDecision(p_drop=drop, p_mark=mark, step_threshold_ms=step)
     return Decision(**out)
+
+
+def in_process_policy(args: dict[str, Any]) -> AqmLlmPolicy:
+    """The worker process's own policy (worker.py): these parameters, deciding in-process."""
+    return AqmLlmPolicy(replace(AqmLlmParams(), **args))

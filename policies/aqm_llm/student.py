@@ -16,14 +16,18 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
-from policies.aqm_llm.checkpoint import refuse_pickles
-from policies.aqm_llm.features import CLIP, N_SCALARS, N_SERIES, Features, NormStats, state_vector
+from policies.aqm_llm.checkpoint import load_safetensors, read_json, refuse_pickles
+from policies.aqm_llm.features import CLIP, N_SCALARS, N_SERIES, VECTOR_LEN, Features, NormStats, state_vector
 from policies.aqm_llm.head import N_ACTIONS
 from policies.aqm_llm.policy import to_decision
-from policies.base import CLASSES, HISTORY_LEN, Decision, ParamError, Params, Policy, QueueConfig, QueueState
+from policies.base import CLASSES, HISTORY_LEN, Decision, Params, Policy, QueueConfig, QueueState
 from policies.errors import PolicyError as UserError
+
+FORMAT = "aqm-llm-student/1"
+# the shipped student (models/aqm-llm/MODEL_CARD.md): what `--policy aqm-llm-student` runs
+DEFAULT_STUDENT = Path(__file__).resolve().parents[2] / "models" / "aqm-llm-student"
 
 
 def student_inputs(f: Features) -> np.ndarray:
@@ -76,22 +80,44 @@ class Student:
         save_file(tensors, out / "student.safetensors")
         (out / "stats.json").write_text(self.stats.to_json())
         sizes = [w.shape[0] for w, _ in self.layers] + [self.layers[-1][0].shape[1]]
-        info = {"format": "aqm-llm-student/1", "sizes": sizes, **meta}
+        info = {"format": FORMAT, "sizes": sizes, **meta}
         (out / "student.json").write_text(json.dumps(info, indent=1))
         return out
 
     @classmethod
     def load(cls, path: str | Path) -> Student:
         p = Path(path).expanduser()
+        if p.is_file():
+            raise UserError(f"student {p}: a file; expected a student directory (testbed distill --out)")
         if not (p / "student.safetensors").is_file():
             raise UserError(f"student {p}: no student.safetensors (made by `testbed distill`)")
         refuse_pickles(p)
-        return cls(load_file(p / "student.safetensors"), NormStats.from_json((p / "stats.json").read_text()))
+        info = read_json(p / "student.json", "student")
+        if info.get("format") != FORMAT:
+            raise UserError(f"student {p}: student.json key 'format': {info.get('format')!r}, "
+                            f"expected {FORMAT!r}")
+        weights = load_safetensors(p / "student.safetensors", numpy=True)
+        try:
+            stats = NormStats.from_json((p / "stats.json").read_text())
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"student {p}: bad stats.json: {e}") from None
+        names = [f"{k}{i}" for i in range(len(weights) // 2) for k in "wb"]
+        if not weights or sorted(weights) != sorted(names):
+            raise UserError(f"student {p}: student.safetensors holds {sorted(weights)[:4]}, "
+                            "expected w0, b0, w1, b1, ...")
+        student = cls(weights, stats)
+        sizes = [w.shape for w, _ in student.layers]
+        if sizes[0][0] != VECTOR_LEN or any(a[1] != b[0] for a, b in zip(sizes, sizes[1:], strict=False)) \
+                or sizes[-1][1] != len(CLASSES) * N_ACTIONS:
+            raise UserError(f"student {p}: layer shapes {sizes} do not fit {VECTOR_LEN} inputs and "
+                            f"{len(CLASSES) * N_ACTIONS} outputs")
+        return student
 
 
 @dataclass
 class StudentParams(Params):
-    checkpoint: str = field(default="", metadata={"help": "student directory (testbed distill --out)"})
+    checkpoint: str = field(default="", metadata={"help": "student directory (testbed distill --out); "
+                                                          "empty: the shipped models/aqm-llm-student"})
     l4s_step_ms: float = field(default=1.0, metadata={"help": "L4S step-mark threshold in ms; 0 disables"})
 
 
@@ -104,16 +130,20 @@ class StudentPolicy(Policy):
 
     def __init__(self, params: Params | None = None, student: Student | None = None) -> None:
         super().__init__(params)
-        if student is None and not self.params.checkpoint:
-            raise ParamError("parameter 'checkpoint': aqm-llm-student needs checkpoint=DIR "
-                             "(a `testbed distill --out` directory)")
-        self.student = student if student is not None else Student.load(self.params.checkpoint)
+        if student is None:
+            student = Student.load(self.params.checkpoint or DEFAULT_STUDENT)
+        self.student = student
         self.last_latency_s = 0.0
+        self.prioritised = False
 
     def queue_config(self) -> QueueConfig:
         return QueueConfig(dualq=True)
 
     def update(self, state: QueueState) -> Decision:
+        if not self.prioritised:  # once, on the control loop's own thread (worker.py says why)
+            from policies.aqm_llm.worker import prioritise_control_thread
+
+            self.prioritised = prioritise_control_thread() or True
         t0 = time.perf_counter()
         logits = self.student.logits(self.student.state_input(state)).tolist()
         decision = to_decision([_softmax(row) for row in logits], self.params.l4s_step_ms)

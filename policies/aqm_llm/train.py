@@ -41,10 +41,13 @@ def train(pool: pd.DataFrame | str | Path | Sequence[str | Path], out_dir: str |
           batch: int = 16, lr: float = 3e-4, seed: int = 0, lora_rank: int = 8, backbone: str = "smollm2",
           window: int = 10, resume: bool = True, progress: bool = True, gamma: float = 0.98,
           val_frac: float = 0.2, val_every: int = 50, ckpt_every: int = 100, warmup: int = 20,
-          val_windows: int = 64, exclude: Sequence[str] = (), **model_args: Any) -> dict[str, Any]:
+          val_windows: int = 64, exclude: Sequence[str] = (), deploy: dict[str, Any] | None = None,
+          recipe: dict[str, Any] | None = None, **model_args: Any) -> dict[str, Any]:
     """Train AQM-LLM on `pool` (a frame, a pool.parquet, run directories) without the rows of
     the scenarios in `exclude`; returns the losses. `model_args` are further ModelConfig
-    fields (lora_alpha, lora_targets, layers, exits, full_finetune, ...)."""
+    fields (lora_alpha, lora_targets, layers, exits, full_finetune, ...). `deploy` (policy
+    parameters such as early_exit_layers, precision) is saved with the model as the settings
+    `aqm-llm` uses when not told otherwise; `recipe` (the train config) for the model card."""
     from accelerate import Accelerator
 
     accel = Accelerator()
@@ -60,7 +63,7 @@ def train(pool: pd.DataFrame | str | Path | Sequence[str | Path], out_dir: str |
     model, opt = accel.prepare(model, opt)
     run = _Run(accel, model, opt, stats, cfg, train_eps, val_eps, val_windows)
     meta = {"reward": REWARD.to_dict(), "gamma": gamma, "seed": seed, "lr": lr, "batch": batch,
-            "excluded_scenarios": list(exclude),
+            "excluded_scenarios": list(exclude), "deploy": dict(deploy or {}), "recipe": recipe or {},
             "pool_episodes": {"train": train_eps.names, "val": val_eps.names}}
     if start == 0:
         history.append({"step": 0, "val_loss": run.validate()})

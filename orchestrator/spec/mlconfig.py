@@ -1,0 +1,90 @@
+"""Training and distillation configs: one small YAML file instead of twenty options.
+
+    testbed train --config models/aqm-llm/train.yaml            # the shipped model's recipe
+    testbed train --config models/aqm-llm/train.yaml --steps 50  # an option overrides the file
+
+Keys are the long option names with underscores (`lora_rank`, `ckpt_every`, ...); lists may be
+YAML lists or comma-separated strings. Relative paths in the file are relative to the
+directory the command runs in (the repository root for `make model`), like the options. An
+unknown key, a wrong type or an unreadable file is one line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from orchestrator.spec.load import load_model, validate
+
+
+def _list(value: Any) -> Any:
+    """'a,b' or ['a', 'b'] or 'a' -> ['a', 'b'] / ['a']; anything else is pydantic's to check."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, int | float):
+        return [value]
+    return value
+
+
+class TrainConfig(BaseModel):
+    """What `testbed train` needs; defaults equal the options' defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+    pool: list[str] = Field(default_factory=list)
+    out: str = ""
+    export: str = ""  # also copy the final model (without optimizer state) here
+    steps: int = Field(300, ge=1)
+    batch: int = Field(16, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    seed: int = 0
+    window: int = Field(10, ge=1)
+    gamma: float = Field(0.98, gt=0, le=1)
+    lora_rank: int = Field(8, ge=0)
+    lora_alpha: int = Field(16, ge=1)
+    lora_targets: list[str] = ["q_proj", "v_proj"]
+    full_finetune: bool = False
+    layers: int = Field(0, ge=0)
+    exits: list[int] = Field(default_factory=list)
+    backbone: str = "smollm2"
+    exclude: list[str] = Field(default_factory=list)
+    resume: bool = True
+    ckpt_every: int = Field(100, ge=1)
+    val_every: int = Field(50, ge=1)
+    threads: int = Field(2, ge=1)
+    # how the policy runs this model when `aqm-llm` gets no further arguments (policy.py)
+    deploy: dict[str, Any] = Field(default_factory=dict)
+
+    _lists = field_validator("pool", "lora_targets", "exits", "exclude", mode="before")(_list)
+
+
+class DistillConfig(BaseModel):
+    """What `testbed distill` needs."""
+
+    model_config = ConfigDict(extra="forbid")
+    checkpoint: str = ""
+    pool: list[str] = Field(default_factory=list)
+    out: str = ""
+    steps: int = Field(2000, ge=1)
+    hidden: list[int] = [64, 64]
+    seed: int = 0
+    early_exit_layers: int = Field(0, ge=0)
+    threads: int = Field(2, ge=1)
+
+    _lists = field_validator("pool", "hidden", mode="before")(_list)
+
+
+def load(path: str | Path, kind: type[BaseModel]) -> BaseModel:
+    """Read and validate a config file; SpecError (one line) on any problem. An empty file is
+    the defaults."""
+    try:
+        empty = Path(path).is_file() and not Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        empty = False  # load_model says what is wrong with it
+    return kind() if empty else load_model(path, kind, what="a mapping of keys to values")
+
+
+def merge(base: BaseModel, overrides: dict[str, Any], source: str) -> BaseModel:
+    """`base` with the options the user gave on the command line (already parsed) on top."""
+    return validate(type(base), {**base.model_dump(), **overrides}, source)
