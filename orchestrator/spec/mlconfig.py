@@ -12,7 +12,7 @@ unknown key, a wrong type or an unreadable file is one line naming the file and 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -48,6 +48,9 @@ class TrainConfig(BaseModel):
     layers: int = Field(0, ge=0)
     exits: list[int] = Field(default_factory=list)
     backbone: str = "smollm2"
+    # the action head: "softmax" (per-class enqueue/drop/mark, the shipped model) or "coupled"
+    # (DualPI2's base probability in log space with the coupling built in; issue 14)
+    action: Literal["softmax", "coupled"] = "softmax"
     exclude: list[str] = Field(default_factory=list)
     resume: bool = True
     ckpt_every: int = Field(100, ge=1)

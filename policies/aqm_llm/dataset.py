@@ -17,7 +17,9 @@ the episode is left; the deployed policy conditions on a fixed high quantile of 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -121,14 +123,49 @@ def check(frame: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- rows -> arrays
 def action_targets(frame: pd.DataFrame) -> np.ndarray:
-    """[n, 2, 3] per-class (p_enqueue, p_drop, p_mark) of the decision in force."""
+    """[n, 2, 3] per-class (p_enqueue, p_drop, p_mark) of the decision in force. A per-packet
+    behaviour (CoDel: its `update` returns an empty decision, it acts at dequeue) is labelled
+    with what it did instead: drops and marks over arrivals per class in the interval after
+    the row (row i+1's counters, the consequence of row i's state; the last row its own)."""
     out = np.zeros((len(frame), len(CLASSES), 3))
+    counted = per_packet(frame)
     for i, c in enumerate(CLASSES):
         drop = frame[f"{c}_p_drop"].fillna(0).clip(0, 1).to_numpy()
         mark = frame[f"{c}_p_mark"].fillna(0).clip(0, 1).to_numpy()
+        if counted:
+            arrivals = np.maximum(_next(frame, f"{c}_arrivals"), 1.0)
+            drop = np.clip(_next(frame, f"{c}_drops") / arrivals, 0, 1)
+            mark = np.clip(_next(frame, f"{c}_marks") / arrivals, 0, 1)
         mark = np.minimum(mark, 1 - drop)
         out[:, i] = np.stack([1 - drop - mark, drop, mark], axis=1)
     return out
+
+
+def _next(frame: pd.DataFrame, col: str) -> np.ndarray:
+    x = frame[col].fillna(0).to_numpy(np.float64)
+    return np.concatenate([x[1:], x[-1:]])
+
+
+def behaviour(name: str, rows: pd.DataFrame | None = None) -> str:
+    """The behaviour policy of an episode: its `behaviour` column (runs collected since issue
+    14), else parsed from the run id (<date>-<time>-<policy>-<datapath>, or sim-<policy>-<i>)."""
+    if rows is not None and "behaviour" in rows and len(rows):
+        return str(rows["behaviour"].iloc[0])
+    m = re.match(r"^\d{8}-\d{6}-(.+)-[a-z0-9]+$", name) or re.match(r"^sim-(.+)-\d+", name)
+    return m.group(1) if m else "unknown"
+
+
+def per_packet(rows: pd.DataFrame) -> bool:
+    """Does the episode's behaviour act per packet (its decisions say nothing)? The logged
+    `per_packet` column, else the registry's flag for the behaviour's name."""
+    if "per_packet" in rows and len(rows) and pd.notna(rows["per_packet"].iloc[0]):
+        return bool(rows["per_packet"].iloc[0])
+    import policies
+
+    try:
+        return bool(policies.resolve(behaviour(str(rows["episode"].iloc[0]), rows)).per_packet)
+    except Exception:  # noqa: BLE001 - an unknown name: a policy acting through its decisions
+        return False
 
 
 def returns_to_go(rewards: np.ndarray, gamma: float) -> np.ndarray:
@@ -182,6 +219,8 @@ class Episodes:
     start: np.ndarray
     end: np.ndarray
     names: list[str]
+    behaviours: list[str] = dataclasses.field(default_factory=list)  # per episode
+    explore: np.ndarray | None = None  # [N] 1 where the behaviour explored (pool column `explore`)
 
     def __len__(self) -> int:
         return int(self.end[-1]) if len(self.end) else 0
@@ -211,8 +250,11 @@ class Episodes:
 
 def to_episodes(frame: pd.DataFrame, gamma: float, w: RewardWeights = DEFAULT) -> tuple[Episodes, F.Features]:
     """Arrays of every episode (features raw, not yet normalised) in one container."""
-    feats, acts, rtgs, lengths, names = [], [], [], [], []
+    feats, acts, rtgs, lengths, names, kinds, explore = [], [], [], [], [], [], []
     for name, rows in episodes(frame):
+        kinds.append(behaviour(name, rows))
+        explore.append(rows["explore"].fillna(0).to_numpy(np.float32) if "explore" in rows
+                       else np.zeros(len(rows), np.float32))
         rows = rows.fillna({k: 0.0 for k in F._flat_keys()})
         feats.append(F.from_rows(rows))
         acts.append(action_targets(rows))
@@ -221,7 +263,8 @@ def to_episodes(frame: pd.DataFrame, gamma: float, w: RewardWeights = DEFAULT) -
         names.append(name)
     end = np.cumsum(lengths)
     raw = F.concat(feats)
-    eps = Episodes(raw, np.concatenate(acts), np.concatenate(rtgs), end - np.asarray(lengths), end, names)
+    eps = Episodes(raw, np.concatenate(acts), np.concatenate(rtgs), end - np.asarray(lengths), end, names,
+                   kinds, np.concatenate(explore) if explore else None)
     return eps, raw
 
 
@@ -235,8 +278,16 @@ def split(frame: pd.DataFrame, val_frac: float, seed: int) -> tuple[pd.DataFrame
         val["episode"] = names[0] + "#heldout"
         return rows.iloc[:cut], val
     rng = np.random.default_rng(seed)
-    n_val = min(len(names) - 1, max(1, round(val_frac * len(names))))
-    held = set(rng.permutation(names)[:n_val].tolist())
+    by_kind: dict[str, list[str]] = {}
+    for name in names:  # stratified: a share of every behaviour's episodes (issue 14, item 7)
+        by_kind.setdefault(behaviour(name, frame[frame["episode"] == name]), []).append(name)
+    held: set[str] = set()
+    for kind in sorted(by_kind):
+        eps = by_kind[kind]
+        n_val = min(len(eps) - 1, max(1, round(val_frac * len(eps))))
+        held |= set(rng.permutation(eps)[:n_val].tolist())
+    if not held:  # one episode per behaviour: hold out one episode
+        held = {str(rng.permutation(names)[0])}
     is_val = frame["episode"].isin(held)
     return frame[~is_val], frame[is_val]
 

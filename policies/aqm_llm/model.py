@@ -29,6 +29,8 @@ import torch.nn.functional as nnf
 from torch import nn
 
 from policies.aqm_llm import backbone as bb
+from policies.aqm_llm import coupled
+from policies.aqm_llm.coupled import CoupledHead
 from policies.aqm_llm.encoder import N_STATE_TOKENS, StateEncoder
 from policies.aqm_llm.features import Features
 from policies.aqm_llm.head import ActionEmbedding, L4SHead, ReturnEmbedding
@@ -38,6 +40,7 @@ TOKENS_PER_STEP = 1 + N_STATE_TOKENS + 1
 PREDICT_AT = N_STATE_TOKENS  # offset of a step's last state token (the return token is 0)
 NORM_PATHS = ("norm", "ln_f", "final_layernorm", "decoder.final_layer_norm")
 PRECISIONS = ("float32", "bfloat16", "int8")
+ACTIONS = ("softmax", "coupled")
 
 
 @dataclass
@@ -53,6 +56,9 @@ class ModelConfig:
     full_finetune: bool = False
     hidden: int = 128  # width of the encoder's MLPs
     channels: int = 16  # 1D conv channels per series
+    # "softmax": per-class {enqueue, drop, mark} logits (head.L4SHead, the shipped model);
+    # "coupled": gate + log10 p' + k, DualPI2's coupling built in (coupled.py, issue 14)
+    action: str = "softmax"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -80,7 +86,9 @@ class AqmLlm(nn.Module):
         self.encoder = StateEncoder(width, cfg.hidden, cfg.channels, scale)
         self.rtg_embed = ReturnEmbedding(width, scale=scale)
         self.action_embed = ActionEmbedding(width, scale=scale)
-        self.head = L4SHead(width)
+        if cfg.action not in ACTIONS:
+            raise UserError(f"action {cfg.action!r}: expected one of {', '.join(ACTIONS)}")
+        self.head = CoupledHead(width) if cfg.action == "coupled" else L4SHead(width)
         self._decoder = (decoder,)  # unwrapped and unregistered: its weights live in .backbone
         self.backbone = self._finetunable(decoder)
         self._full_layers = bb.set_depth(decoder, self.depth)
@@ -119,7 +127,8 @@ class AqmLlm(nn.Module):
 
     def forward(self, rtg: torch.Tensor, scalars: torch.Tensor, series: torch.Tensor, mask: torch.Tensor,
                 actions: torch.Tensor, **_: Any) -> dict[int, torch.Tensor]:
-        """Logits [B, K, 2, 3] of each step's action, per exit depth."""
+        """Head outputs of each step's action, per exit depth: logits [B, K, 2, 3] (softmax)
+        or raw [B, K, 3] (coupled); `probs` turns either into probabilities."""
         if bb.n_layers(self.decoder) != self.depth:
             raise RuntimeError("forward() runs every trained exit: call set_exit(model.depth) first")
         out = self.backbone(inputs_embeds=self.embed(rtg, scalars, series, mask, actions),
@@ -185,6 +194,16 @@ class AqmLlm(nn.Module):
         out = self.backbone(inputs_embeds=tokens.unsqueeze(0).to(self.compute_dtype), cache=cache,
                             use_cache=cache is not None)
         return out.last_hidden_state[0, -1].float(), out.cache
+
+    def probs(self, out: torch.Tensor) -> torch.Tensor:
+        """Head outputs -> per-class (enqueue, drop, mark) probabilities [..., 2, 3]."""
+        return coupled.probs(out) if self.cfg.action == "coupled" else torch.softmax(out, dim=-1)
+
+    def action_loss(self, out: torch.Tensor, actions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The training loss of head outputs against the behaviour's actions [..., 2, 3]."""
+        if self.cfg.action == "coupled":
+            return coupled.coupled_loss(out, actions, valid)
+        return soft_cross_entropy(out, actions, valid)
 
     def counts(self) -> dict[str, int]:
         return {"total": sum(p.numel() for p in self.parameters()),

@@ -214,7 +214,7 @@ class AqmLlmPolicy(Policy):
         feats = self.stats.apply(split_vector(vector))
         with torch.inference_mode():
             hidden = self.context.decide(self.model.step_tokens(self.rtg, feats))
-            return torch.softmax(self.model.head(hidden).double(), dim=-1)
+            return self.model.probs(self.model.head(hidden).double())
 
     def probabilities(self, state: QueueState) -> Any:
         """[2, 3] float64 tensor: per class (enqueue, drop, mark), taken as applied (offline:

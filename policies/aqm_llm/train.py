@@ -28,9 +28,10 @@ import torch
 from safetensors.torch import load_file
 
 from policies.aqm_llm import checkpoint as ckpt
+from policies.aqm_llm.coupled import log_errors, median
 from policies.aqm_llm.dataset import Episodes, as_frame, exclude_scenarios, prepare
 from policies.aqm_llm.features import NormStats
-from policies.aqm_llm.model import AqmLlm, ModelConfig, soft_cross_entropy
+from policies.aqm_llm.model import AqmLlm, ModelConfig
 from policies.aqm_llm.reward import DEFAULT as REWARD
 from policies.errors import PolicyError as UserError
 
@@ -66,13 +67,13 @@ def train(pool: pd.DataFrame | str | Path | Sequence[str | Path], out_dir: str |
             "excluded_scenarios": list(exclude), "deploy": dict(deploy or {}), "recipe": recipe or {},
             "pool_episodes": {"train": train_eps.names, "val": val_eps.names}}
     if start == 0:
-        history.append({"step": 0, "val_loss": run.validate()})
+        history.append({"step": 0, **run.validate()})
     bar = _progress(range(start, steps), start, steps, progress and accel.is_main_process)
     for step in bar:
         _set_lr(opt, lr, step, warmup, steps)
         entry: dict[str, Any] = {"step": step + 1, "train_loss": run.train_step(seed, step, batch)}
         if (step + 1) % val_every == 0 or step + 1 == steps:
-            entry["val_loss"] = run.validate()
+            entry.update(run.validate())
         history.append(entry)
         bar.set_postfix(loss=f"{entry['train_loss']:.4f}", val=f"{_last(history, 'val_loss'):.4f}")
         if (step + 1) % ckpt_every == 0 or step + 1 == steps:
@@ -95,8 +96,9 @@ class _Run:
 
     def loss(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean loss over exits: what we optimise, loss at the deepest exit: what we report)"""
-        logits = self.model(**b)
-        losses = {e: soft_cross_entropy(x, b["actions"], b["valid"]) for e, x in logits.items()}
+        out = self.model(**b)
+        m = self.accel.unwrap_model(self.model)
+        losses = {e: m.action_loss(x, b["actions"], b["valid"]) for e, x in out.items()}
         return torch.stack(list(losses.values())).mean(), losses[max(losses)]
 
     def train_step(self, seed: int, step: int, batch: int) -> float:
@@ -110,14 +112,37 @@ class _Run:
         return float(report.detach())
 
     @torch.no_grad()
-    def validate(self, batch: int = 16) -> float:
+    def validate(self, batch: int = 16) -> dict[str, Any]:
+        """The loss on the validation windows (deepest exit), and per behaviour (issue 14, item
+        7): the cross-entropy of the applied probabilities against the behaviour's (comparable
+        across heads) and the median |log10 p_model - log10 p_label| per class on steps whose
+        label signals (a factor of 2 is 0.30)."""
         self.model.eval()
-        total, n = 0.0, 0
+        m = self.accel.unwrap_model(self.model)
+        total, n = 0.0, 0.0
+        per: dict[str, dict[str, Any]] = {}
+        kinds = np.asarray(self.val_eps.behaviours or ["unknown"] * len(self.val_eps.names))
         for i in range(0, len(self.val_starts), batch):
-            b = self.tensors(self.val_eps, self.val_starts[i:i + batch])
-            total += float(self.loss(b)[1]) * float(b["valid"].sum())
-            n += float(b["valid"].sum())
-        return total / max(n, 1.0)
+            starts = self.val_starts[i:i + batch]
+            b = self.tensors(self.val_eps, starts)
+            out = self.model(**b)[m.depth]
+            valid = b["valid"]
+            total += float(m.action_loss(out, b["actions"], valid)) * float(valid.sum())
+            n += float(valid.sum())
+            probs = m.probs(out)
+            ce = -(b["actions"] * torch.log(probs.clamp(min=1e-12))).sum(-1).mean(-1)
+            kind = kinds[np.searchsorted(self.val_eps.end, starts, side="right")]
+            for k in set(kind.tolist()):
+                sel = torch.from_numpy(kind == k)
+                acc = per.setdefault(k, {"ce": 0.0, "steps": 0.0, "l4s": [], "classic": []})
+                acc["ce"] += float((ce[sel] * valid[sel]).sum())
+                acc["steps"] += float(valid[sel].sum())
+                for cls, errs in log_errors(probs[sel], b["actions"][sel], valid[sel]).items():
+                    acc[cls] += errs
+        by = {k: {"ce": v["ce"] / max(v["steps"], 1.0), "steps": int(v["steps"]),
+                  "log10_err_l4s": median(v["l4s"]), "log10_err_classic": median(v["classic"])}
+              for k, v in sorted(per.items())}
+        return {"val_loss": total / max(n, 1.0), "val_by_behaviour": by}
 
     def save(self, out: Path, step: int, meta: dict[str, Any]) -> None:
         self.accel.wait_for_everyone()
@@ -194,4 +219,5 @@ def _summary(history: list[dict], out: Path, model: AqmLlm) -> dict[str, Any]:
             "train_loss": float(np.mean(train_losses[-10:])) if train_losses else math.nan,
             "val_loss_initial": val_losses[0] if val_losses else math.nan,
             "val_loss": val_losses[-1] if val_losses else math.nan,
+            "val_by_behaviour": _last(history, "val_by_behaviour"),
             "history": history, **{f"params_{k}": v for k, v in model.counts().items()}}
