@@ -106,6 +106,9 @@ class ControlLoop:
         for key, value in state.flat().items():
             row["t_rel" if key == "t" else key] = value
         row.update(self.decision.flat())
+        extra = getattr(self.policy, "log_extra", None)  # e.g. Explore's explore flag
+        if callable(extra):
+            row.update(extra())
         row.update(decide_us=took * 1e6, missed=missed, error=error, reward=self._reward(state))
         self.writer.add(row)
 

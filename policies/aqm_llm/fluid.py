@@ -46,7 +46,9 @@ def simulate(policy: Policy, sc: FluidScenario, seed: int = 0, dt: float = 0.016
     state, rows = QueueState(t=0.0, dt=dt, link_rate_bps=sc.link_mbps * 1e6), []
     for k in range(int(sc.seconds / dt)):
         decision = policy.update(state)
-        rows.append({**state.flat(), **decision.flat(), "reward": reward(state)})
+        extra = getattr(policy, "log_extra", None)
+        rows.append({**state.flat(), **decision.flat(), **(extra() if callable(extra) else {}),
+                     "reward": reward(state)})
         link = _link_bps(sc, (k + 1) * dt)
         classes = {c: _interval(c, sc, win, queue, decision, link, dt, rng) for c in CLASSES}
         _serve(classes, queue, link, dt, sc)
