@@ -5,6 +5,7 @@ own tables."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ from policies.aqm_llm import coupled
 from policies.aqm_llm import dataset as D
 from policies.aqm_llm.checkpoint import load_checkpoint, save_checkpoint
 from policies.aqm_llm.model import AqmLlm, ModelConfig
+from policies.aqm_llm.train import train
 from policies.base import ClassState, QueueState
 
 torch.set_num_threads(1)
@@ -115,3 +117,28 @@ def test_coupled_checkpoint_records_the_head_and_round_trips(tmp_path) -> None:
         assert torch.equal(model.probs(model.head(h)), loaded.probs(loaded.head(h)))
     # a config written before the key existed (the shipped model's) is the softmax head
     assert ModelConfig.from_dict({"backbone": "tiny"}).action == "softmax"
+
+
+# ---------------------------------------------------------------- item 7: validation
+def test_log_errors_by_hand() -> None:
+    def dist(p_l: float, p_c: float) -> list[list[float]]:
+        return [[1 - p_l, 0.0, p_l], [1 - p_c, p_c, 0.0]]
+
+    pred = torch.tensor([dist(0.02, 2e-5), dist(0.0, 0.0), dist(0.5, 0.5)], dtype=torch.float64)
+    label = torch.tensor([dist(0.01, 1e-5), dist(1e-3, 1e-4), dist(0.0, 0.0)], dtype=torch.float64)
+    got = coupled.log_errors(pred, label, torch.ones(3))
+    # log10 2 = 0.30103; a 0 against 1e-4 is floored at 1e-8: 4 decades; label 0 is not scored
+    assert got["classic"] == pytest.approx([math.log10(2), 4.0])
+    assert got["l4s"] == pytest.approx([math.log10(2), 5.0])
+
+
+def test_validation_holds_out_every_behaviour_and_reports_each(tmp_path) -> None:
+    pool = D.synthetic_pool(("dualpi2", "pie"), seconds=1.0)  # 3 episodes per behaviour
+    _, val = D.split(pool, val_frac=0.2, seed=0)
+    assert {D.behaviour(e) for e in set(val["episode"])} == {"dualpi2", "pie"}
+    result = train(pool, tmp_path / "t", steps=1, batch=4, val_every=1, ckpt_every=1, progress=False,
+                   action="coupled", **TINY)
+    by = result["val_by_behaviour"]
+    assert set(by) == {"dualpi2", "pie"}
+    for v in by.values():
+        assert v["steps"] > 0 and math.isfinite(v["ce"]) and math.isfinite(v["log10_err_l4s"])
