@@ -37,7 +37,9 @@ def test_reward_matches_its_documented_figures():
     assert full - float(reward_columns(_row(l4s_sojourn_ms=5.0))) == pytest.approx(0.36, abs=0.005)
     assert full - float(reward_columns(_row(classic_sojourn_ms=60.0))) == pytest.approx(0.32, abs=0.005)
     assert full - float(reward_columns(_row(l4s_drops=50, classic_drops=50))) == pytest.approx(0.10)
-    assert float(reward_columns(_row(l4s_departure_bps=0, classic_departure_bps=25e6))) == pytest.approx(0.5)
+    # an idle L4S class (no arrivals): utilisation only, no fairness term
+    assert float(reward_columns(_row(l4s_departure_bps=0, l4s_arrivals=0,
+                                     classic_departure_bps=25e6))) == pytest.approx(0.5)
 
 
 def _discounted_average(rewards: list[float], gamma: float) -> list[float]:
