@@ -42,3 +42,25 @@ def test_starving_the_classic_class_scores_below_a_fair_dualpi2_like_outcome() -
 def test_an_idle_class_costs_nothing() -> None:
     idle = _row(0, 100, l4s_ms=0.0, classic_ms=15, classic_drops=0, l4s_arrivals=0)
     assert float(reward_columns(idle)) == pytest.approx(_by_hand(1.0, 0.0, 15, 0.0), abs=1e-9)
+
+
+# ---------------------------------------------------------------- item 3: discount per second
+def test_returns_are_discounted_per_second_with_a_horizon() -> None:
+    """Term by term: reward m weighs exp(-(t_m - t_{i+1}) / H) in rtg_i; the update interval
+    no longer sets the horizon."""
+    import numpy as np
+
+    from policies.aqm_llm.dataset import returns_to_go
+
+    r = np.array([9.0, 1.0, 2.0, 4.0])
+    dt = np.array([0.016, 0.5, 1.5, 3.0])  # t = 0, 0.5, 2.0, 5.0 (+ the first row's interval)
+    t = np.cumsum(dt)
+    h = 10.0
+    want = []
+    for i in range(3):
+        w = np.exp(-(t[i + 1:] - t[i + 1]) / h)
+        want.append(float((w * r[i + 1:]).sum() / w.sum()))
+    got = returns_to_go(r, gamma=0.98, dt=dt, horizon_s=h)
+    assert got[:3] == pytest.approx(want, rel=1e-12) and got[3] == 4.0
+    # gamma per row: at 0.98 the third reward (5 s later) would weigh as much as the first
+    assert got[0] != pytest.approx(returns_to_go(r, gamma=0.98)[0])

@@ -69,6 +69,8 @@ def _settings(ctx: click.Context, kind: type, config: str | None, values: dict[s
 @click.option("--layers", type=int, help="Keep only the first N decoder layers (0: all). [0]")
 @click.option("--exits", help="Shallower depths to train for early exit, e.g. 4,8.")
 @click.option("--backbone", help="smollm2, tiny, or a local HF causal-LM directory. [smollm2]")
+@click.option("--horizon-s", type=float,
+              help="Discount returns per second with this horizon (s), not gamma per row. [0: gamma]")
 @click.option("--action", type=click.Choice(["softmax", "coupled"]),
               help="Action head: softmax (per-class enqueue/drop/mark) or coupled (log10 p' + "
                    "gate + k, DualPI2's coupling built in). [softmax]")
@@ -96,7 +98,8 @@ def train(ctx: click.Context, **values: Any) -> None:
 
     torch.set_num_threads(c.threads)
     result = do_train(list(c.pool), c.out, steps=c.steps, batch=c.batch, lr=c.lr, seed=c.seed,
-                      window=c.window, gamma=c.gamma, lora_rank=c.lora_rank, lora_alpha=c.lora_alpha,
+                      window=c.window, gamma=c.gamma, horizon_s=c.horizon_s, lora_rank=c.lora_rank,
+                      lora_alpha=c.lora_alpha,
                       backbone=c.backbone, resume=c.resume, lora_targets=tuple(c.lora_targets),
                       full_finetune=c.full_finetune, layers=c.layers, exits=tuple(c.exits), action=c.action,
                       ckpt_every=c.ckpt_every, val_every=c.val_every, exclude=tuple(c.exclude),

@@ -11,6 +11,9 @@ with reward.py (the logged `reward` column is ignored, so a new reward applies t
 Row i's decision shows its effect in row i+1's state, so the return-to-go of row i is the
 discounted *average* of rewards i+1, i+2, ... of its episode:
     rtg_i = sum_k gamma^k r_{i+1+k} / sum_k gamma^k
+or, with a horizon H in seconds (issue 14, item 3: gamma 0.98 per 16 ms row is a 0.8 s
+horizon, while Reno at 100 Mbit/s and 50 ms needs about 5 s to recover from one halving), a
+discount per second: reward m weighs exp(-(t_m - t_{i+1}) / H), whatever the update interval.
 An average, not a sum, so it has the scale of one reward and does not depend on how much of
 the episode is left; the deployed policy conditions on a fixed high quantile of it.
 """
@@ -168,13 +171,19 @@ def per_packet(rows: pd.DataFrame) -> bool:
         return False
 
 
-def returns_to_go(rewards: np.ndarray, gamma: float) -> np.ndarray:
+def returns_to_go(rewards: np.ndarray, gamma: float, dt: np.ndarray | None = None,
+                  horizon_s: float = 0.0) -> np.ndarray:
     """rtg_i over rewards i+1.. (see the module docstring); the last row, which has no
-    successor, gets its own reward."""
+    successor, gets its own reward. With horizon_s > 0 and `dt` (row j's interval: the time
+    since row j-1), the discount from row j to j+1 is exp(-dt_{j+1} / horizon_s), not gamma."""
     out, acc, weight = np.empty(len(rewards)), 0.0, 0.0
     out[-1:] = rewards[-1:]
+    per_row = np.full(len(rewards), gamma)
+    if horizon_s > 0 and dt is not None:  # per_row[j]: from row j to row j+1
+        per_row[:-1] = np.exp(-np.maximum(np.asarray(dt, dtype=np.float64)[1:], 0.0) / horizon_s)
     for i in range(len(rewards) - 2, -1, -1):
-        acc, weight = rewards[i + 1] + gamma * acc, 1.0 + gamma * weight
+        g = per_row[i + 1]
+        acc, weight = rewards[i + 1] + g * acc, 1.0 + g * weight
         out[i] = acc / weight
     return out
 
@@ -248,7 +257,8 @@ class Episodes:
                 "valid": v}
 
 
-def to_episodes(frame: pd.DataFrame, gamma: float, w: RewardWeights = DEFAULT) -> tuple[Episodes, F.Features]:
+def to_episodes(frame: pd.DataFrame, gamma: float, w: RewardWeights = DEFAULT,
+                horizon_s: float = 0.0) -> tuple[Episodes, F.Features]:
     """Arrays of every episode (features raw, not yet normalised) in one container."""
     feats, acts, rtgs, lengths, names, kinds, explore = [], [], [], [], [], [], []
     for name, rows in episodes(frame):
@@ -258,7 +268,8 @@ def to_episodes(frame: pd.DataFrame, gamma: float, w: RewardWeights = DEFAULT) -
         rows = rows.fillna({k: 0.0 for k in F._flat_keys()})
         feats.append(F.from_rows(rows))
         acts.append(action_targets(rows))
-        rtgs.append(returns_to_go(np.asarray(reward_columns(rows, w), dtype=np.float64), gamma))
+        rtgs.append(returns_to_go(np.asarray(reward_columns(rows, w), dtype=np.float64), gamma,
+                                  rows["dt"].to_numpy(np.float64), horizon_s))
         lengths.append(len(rows))
         names.append(name)
     end = np.cumsum(lengths)
@@ -293,12 +304,12 @@ def split(frame: pd.DataFrame, val_frac: float, seed: int) -> tuple[pd.DataFrame
 
 
 def prepare(frame: pd.DataFrame, gamma: float, val_frac: float = 0.2, seed: int = 0,
-            w: RewardWeights = DEFAULT) -> tuple[Episodes, Episodes, F.NormStats]:
+            w: RewardWeights = DEFAULT, horizon_s: float = 0.0) -> tuple[Episodes, Episodes, F.NormStats]:
     """Train/validation episodes, normalised with statistics of the training episodes only."""
     train_rows, val_rows = split(check(frame), val_frac, seed)
-    train, raw = to_episodes(train_rows, gamma, w)
+    train, raw = to_episodes(train_rows, gamma, w, horizon_s)
     stats = F.NormStats.fit(raw, train.rtg)
-    val, _ = to_episodes(val_rows, gamma, w)
+    val, _ = to_episodes(val_rows, gamma, w, horizon_s)
     for eps in (train, val):
         eps.feats = stats.apply(eps.feats)
     return train, val, stats

@@ -43,7 +43,7 @@ def train(pool: pd.DataFrame | str | Path | Sequence[str | Path], out_dir: str |
           window: int = 10, resume: bool = True, progress: bool = True, gamma: float = 0.98,
           val_frac: float = 0.2, val_every: int = 50, ckpt_every: int = 100, warmup: int = 20,
           val_windows: int = 64, exclude: Sequence[str] = (), deploy: dict[str, Any] | None = None,
-          recipe: dict[str, Any] | None = None, **model_args: Any) -> dict[str, Any]:
+          recipe: dict[str, Any] | None = None, horizon_s: float = 0.0, **model_args: Any) -> dict[str, Any]:
     """Train AQM-LLM on `pool` (a frame, a pool.parquet, run directories) without the rows of
     the scenarios in `exclude`; returns the losses. `model_args` are further ModelConfig
     fields (lora_alpha, lora_targets, layers, exits, full_finetune, ...). `deploy` (policy
@@ -53,7 +53,8 @@ def train(pool: pd.DataFrame | str | Path | Sequence[str | Path], out_dir: str |
 
     accel = Accelerator()
     out = Path(out_dir)
-    train_eps, val_eps, stats = prepare(exclude_scenarios(as_frame(pool), exclude), gamma, val_frac, seed)
+    train_eps, val_eps, stats = prepare(exclude_scenarios(as_frame(pool), exclude), gamma, val_frac, seed,
+                                        horizon_s=horizon_s)
     cfg = ModelConfig(backbone=backbone, window=window, lora_rank=lora_rank, **model_args)
     torch.manual_seed(seed)
     model, stats, start, history = _start(cfg, stats, out, resume)
@@ -63,7 +64,8 @@ def train(pool: pd.DataFrame | str | Path | Sequence[str | Path], out_dir: str |
         _load_optimizer(opt, ckpt.resolve(out))
     model, opt = accel.prepare(model, opt)
     run = _Run(accel, model, opt, stats, cfg, train_eps, val_eps, val_windows)
-    meta = {"reward": REWARD.to_dict(), "gamma": gamma, "seed": seed, "lr": lr, "batch": batch,
+    meta = {"reward": REWARD.to_dict(), "gamma": gamma, "horizon_s": horizon_s, "seed": seed, "lr": lr,
+            "batch": batch,
             "excluded_scenarios": list(exclude), "deploy": dict(deploy or {}), "recipe": recipe or {},
             "pool_episodes": {"train": train_eps.names, "val": val_eps.names}}
     if start == 0:
