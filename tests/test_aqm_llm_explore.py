@@ -64,3 +64,19 @@ def test_per_packet_behaviours_are_labelled_with_what_they_did() -> None:
     # a behaviour that acts through its decisions keeps them
     rows["episode"] = "20261203-091433-dualpi2-nfqueue"
     assert np.all(D.action_targets(rows)[:, :, 1:] == 0)
+
+
+def test_the_control_loop_logs_the_explore_flag(tmp_path) -> None:
+    from orchestrator.bottleneck.control import ControlLoop
+    from policies import telemetry
+
+    ex = Explore(policies.make("dualpi2", {}), epsilon=0.5, seed=1)
+    loop = ControlLoop(ex, tupdate_s=0.016, log_dir=tmp_path / "control", deadline_s=10.0)
+    flags = []
+    for i in range(50):
+        loop.step(_empty(), 1.7e9 + i * 0.016)
+        flags.append(float(ex.exploring))
+    loop.close()
+    rows = telemetry.read(tmp_path / "control")
+    assert rows["explore"].tolist() == flags and 0 < sum(flags) < 50
+    assert set(rows["per_packet"]) == {0.0}
