@@ -142,3 +142,18 @@ def test_validation_holds_out_every_behaviour_and_reports_each(tmp_path) -> None
     assert set(by) == {"dualpi2", "pie"}
     for v in by.values():
         assert v["steps"] > 0 and math.isfinite(v["ce"]) and math.isfinite(v["log10_err_l4s"])
+
+
+def test_distillation_reports_the_error_in_log_space() -> None:
+    """A student that learns nothing (zero weights: softmax of 0 = 1/3 each) against a teacher
+    that marks 1e-3 of L4S and 1e-5 of classic packets: 2.52 and 4.52 decades off."""
+    from policies.aqm_llm.distill import _metrics
+
+    mlp = torch.nn.Sequential(torch.nn.Linear(2, 6))
+    torch.nn.init.zeros_(mlp[0].weight)
+    torch.nn.init.zeros_(mlp[0].bias)
+    p = torch.tensor([[[1 - 1e-3, 0.0, 1e-3], [1 - 1e-5, 0.0, 1e-5]]] * 4)
+    got = _metrics(mlp, torch.zeros(4, 2), p, np.array([False, False, True, True]))
+    # signal = drop + mark = 2/3 for the student
+    assert got["val_log10_err_l4s"] == pytest.approx(math.log10((2 / 3) / 1e-3), rel=1e-5)
+    assert got["val_log10_err_classic"] == pytest.approx(math.log10((2 / 3) / 1e-5), rel=1e-5)

@@ -4,7 +4,9 @@ Teacher labels come from running the deployed policy (AqmLlmPolicy, with its KV-
 context and its own previous actions) over each episode's states in order, exactly as it
 would act in the control loop; the student sees one state (with its histories) and learns the
 teacher's per-class distributions with a soft cross-entropy. Held-out episodes measure how
-closely it follows (loss, and mean absolute error of p_drop / p_mark).
+closely it follows (loss, mean absolute error of p_drop / p_mark, and, since a difference
+hides errors at small probabilities, the median |log10 p_student - log10 p_teacher| per class
+on states where the teacher signals: issue 14, item 7).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from torch import nn
 
 from policies.aqm_llm import dataset as D
+from policies.aqm_llm.coupled import log_errors, median
 from policies.aqm_llm.features import from_rows
 from policies.aqm_llm.model import soft_cross_entropy
 from policies.aqm_llm.policy import AqmLlmParams, AqmLlmPolicy
@@ -93,6 +96,8 @@ def _metrics(mlp: nn.Module, x: torch.Tensor, p: torch.Tensor, is_val: np.ndarra
         q = torch.softmax(logits, -1)
         out[f"{name}_loss"] = float(soft_cross_entropy(logits, p[idx], torch.ones(len(idx))))
         out[f"{name}_mae_p"] = float((q[..., 1:] - p[idx][..., 1:]).abs().mean())
+        for cls, errs in log_errors(q, p[idx], torch.ones(len(idx))).items():
+            out[f"{name}_log10_err_{cls}"] = median(errs)
     return out
 
 
