@@ -55,7 +55,7 @@ def report(name: str, model: np.ndarray, rows: pd.DataFrame) -> dict[str, float]
     clean = positive & (np.abs(lab_l - 2 * np.sqrt(lab_c)) <= 0.01 * lab_l) & (lab_l < 1)
     out: dict[str, float] = {"rows": len(rows), "positive": int(positive.sum()), "clean": int(clean.sum())}
     for i, (cls, lab) in enumerate((("l4s", lab_l), ("classic", lab_c))):
-        for tag, sel in (("", positive), ("clean_", clean)):
+        for tag, sel in (("", positive & (lab > 0)), ("clean_", clean)):
             err = np.abs(np.log10(np.maximum(model[sel, i], 1e-12) / lab[sel]))
             out[f"{tag}{cls}_median_log10_err"] = float(np.median(err)) if sel.any() else math.nan
             out[f"{tag}{cls}_within_2x"] = float((err < FACTOR2).mean()) if sel.any() else math.nan
@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--episodes-of", default="models/aqm-llm")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--exit", type=int, default=0, help="early exit layers (0: the checkpoint's)")
+    ap.add_argument("--save", help="also write each model's probabilities here (.npz)")
     args = ap.parse_args()
     config = json.loads((Path(args.episodes_of) / "config.json").read_text())
     names = [n for n in config["pool_episodes"]["val"] if D.behaviour(n) == "dualpi2"]
@@ -81,11 +82,15 @@ def main() -> None:
     eps = dict(D.episodes(pool[pool["episode"].isin(names)]))
     rows = pd.concat([eps[n] for n in names], ignore_index=True)
     print(f"episodes: {names} ({len(rows)} DualPI2 states)")
+    saved = {}
     for ckpt in args.checkpoint:
         policy = AqmLlmPolicy(AqmLlmParams(checkpoint=ckpt, worker=False, precision=args.precision,
                                            early_exit_layers=args.exit, threads=2))
         model = np.concatenate([run(policy, eps[n]) for n in names])
         report(ckpt, model, rows)
+        saved[ckpt] = model
+    if args.save:
+        np.savez(args.save, **saved)
 
 
 if __name__ == "__main__":
