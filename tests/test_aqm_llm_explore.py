@@ -80,3 +80,34 @@ def test_the_control_loop_logs_the_explore_flag(tmp_path) -> None:
     rows = telemetry.read(tmp_path / "control")
     assert rows["explore"].tolist() == flags and 0 < sum(flags) < 50
     assert set(rows["per_packet"]) == {0.0}
+
+
+def test_explored_rows_of_an_old_pool_are_those_that_break_the_behaviours_rule() -> None:
+    """Pools collected before the explore column: the old exploration scaled the classes by
+    independent factors (and raised a zero to 0.005 x factor)."""
+    p = 0.01
+    pairs = [(0.0, 0.0, 0),  # nothing signalled
+             (0.02, 0.02, 0),  # PIE: the same p for both classes
+             (2 * p, p * p, 0),  # DualPI2 / PI2: p_L = 2 sqrt(p_C)
+             (1.0, 0.3, 0),  # overload: L marks everything
+             (0.0, 0.005 * 3.14, 1),  # the old floor, classic only (a row of the shipped pool)
+             (0.0065, 0.0157, 1),  # the old floor in both classes, different factors
+             (2 * p * 1.5, p * p * 0.7, 1)]  # DualPI2 with independent factors
+    rows = pd.DataFrame({"l4s_p_mark": [a for a, _, _ in pairs], "classic_p_mark": [b for _, b, _ in pairs],
+                         "l4s_p_drop": 0.0, "classic_p_drop": 0.0, "t": np.arange(len(pairs), dtype=float),
+                         "episode": "20261203-091433-dualpi2-nfqueue"})
+    assert D.explored_rows(rows).tolist() == [float(e) for _, _, e in pairs]
+    assert D.explored_rows(rows.assign(explore=0.0)).tolist() == [0.0] * len(pairs)  # the flag wins
+
+
+def test_skipping_explored_steps_keeps_them_out_of_the_targets() -> None:
+    import torch
+
+    from policies.aqm_llm.train import _Run
+
+    run = _Run.__new__(_Run)
+    b = {"valid": torch.tensor([[1.0, 1.0, 1.0, 0.0]]), "explore": torch.tensor([[0.0, 1.0, 0.0, 0.0]])}
+    run.learn_explored = True
+    assert run.targets(b).tolist() == [[1.0, 1.0, 1.0, 0.0]]
+    run.learn_explored = False
+    assert run.targets(b).tolist() == [[1.0, 0.0, 1.0, 0.0]]

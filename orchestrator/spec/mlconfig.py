@@ -43,6 +43,8 @@ class TrainConfig(BaseModel):
     gamma: float = Field(0.98, gt=0, le=1)
     # > 0: discount returns per second with this horizon instead of gamma per row (issue 14)
     horizon_s: float = Field(0.0, ge=0)
+    # false: steps where the behaviour explored stay in the context but are not targets
+    learn_explored: bool = True
     lora_rank: int = Field(8, ge=0)
     lora_alpha: int = Field(16, ge=1)
     lora_targets: list[str] = ["q_proj", "v_proj"]

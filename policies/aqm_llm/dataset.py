@@ -144,6 +144,25 @@ def action_targets(frame: pd.DataFrame) -> np.ndarray:
     return out
 
 
+def explored_rows(rows: pd.DataFrame) -> np.ndarray:
+    """[n] 1.0 where the behaviour's decision was exploration noise. The `explore` column when
+    the pool has it (runs collected since issue 14); else inferred: the old exploration scaled
+    each class by its own factor (and raised a zero to 0.005 x factor), which breaks the rule
+    every behaviour here keeps between the classes: nothing signalled, the same probability
+    for both (single-queue PIE, RED, CoDel), or p_L = k sqrt(p_C) with k = 2 within 5% (DualPI2,
+    PI2). A row that keeps none of them was explored."""
+    if "explore" in rows:
+        return rows["explore"].fillna(0).to_numpy(np.float32)
+    if per_packet(rows):  # labelled from counters, which need not keep any rule
+        return np.zeros(len(rows), np.float32)
+    sig = action_targets(rows)[..., 1:].sum(-1)
+    p_l, p_c = sig[:, CLASSES.index("l4s")], sig[:, CLASSES.index("classic")]
+    none = (p_l == 0) & (p_c == 0)
+    same = np.isclose(p_l, p_c, rtol=1e-6, atol=0)
+    coupled = (p_c > 0) & (np.abs(p_l - 2 * np.sqrt(p_c)) <= 0.05 * p_l) | (p_l >= 1)
+    return (~(none | same | coupled)).astype(np.float32)
+
+
 def _next(frame: pd.DataFrame, col: str) -> np.ndarray:
     x = frame[col].fillna(0).to_numpy(np.float64)
     return np.concatenate([x[1:], x[-1:]])
@@ -229,7 +248,7 @@ class Episodes:
     end: np.ndarray
     names: list[str]
     behaviours: list[str] = dataclasses.field(default_factory=list)  # per episode
-    explore: np.ndarray | None = None  # [N] 1 where the behaviour explored (pool column `explore`)
+    explore: np.ndarray | None = None  # [N] 1 where the behaviour explored (explored_rows())
 
     def __len__(self) -> int:
         return int(self.end[-1]) if len(self.end) else 0
@@ -254,6 +273,7 @@ class Episodes:
                 "series": self.feats.series[idx] * v[..., None, None],
                 "mask": self.feats.mask[idx] * v[..., None, None],
                 "actions": (self.actions[idx] * v[..., None, None]).astype(np.float32),
+                "explore": (self.explore[idx] * v if self.explore is not None else 0 * v).astype(np.float32),
                 "valid": v}
 
 
@@ -263,8 +283,7 @@ def to_episodes(frame: pd.DataFrame, gamma: float, w: RewardWeights = DEFAULT,
     feats, acts, rtgs, lengths, names, kinds, explore = [], [], [], [], [], [], []
     for name, rows in episodes(frame):
         kinds.append(behaviour(name, rows))
-        explore.append(rows["explore"].fillna(0).to_numpy(np.float32) if "explore" in rows
-                       else np.zeros(len(rows), np.float32))
+        explore.append(explored_rows(rows))
         rows = rows.fillna({k: 0.0 for k in F._flat_keys()})
         feats.append(F.from_rows(rows))
         acts.append(action_targets(rows))

@@ -43,7 +43,8 @@ def train(pool: pd.DataFrame | str | Path | Sequence[str | Path], out_dir: str |
           window: int = 10, resume: bool = True, progress: bool = True, gamma: float = 0.98,
           val_frac: float = 0.2, val_every: int = 50, ckpt_every: int = 100, warmup: int = 20,
           val_windows: int = 64, exclude: Sequence[str] = (), deploy: dict[str, Any] | None = None,
-          recipe: dict[str, Any] | None = None, horizon_s: float = 0.0, **model_args: Any) -> dict[str, Any]:
+          recipe: dict[str, Any] | None = None, horizon_s: float = 0.0, learn_explored: bool = True,
+          **model_args: Any) -> dict[str, Any]:
     """Train AQM-LLM on `pool` (a frame, a pool.parquet, run directories) without the rows of
     the scenarios in `exclude`; returns the losses. `model_args` are further ModelConfig
     fields (lora_alpha, lora_targets, layers, exits, full_finetune, ...). `deploy` (policy
@@ -64,7 +65,9 @@ def train(pool: pd.DataFrame | str | Path | Sequence[str | Path], out_dir: str |
         _load_optimizer(opt, ckpt.resolve(out))
     model, opt = accel.prepare(model, opt)
     run = _Run(accel, model, opt, stats, cfg, train_eps, val_eps, val_windows)
-    meta = {"reward": REWARD.to_dict(), "gamma": gamma, "horizon_s": horizon_s, "seed": seed, "lr": lr,
+    run.learn_explored = learn_explored
+    meta = {"reward": REWARD.to_dict(), "gamma": gamma, "horizon_s": horizon_s,
+            "learn_explored": learn_explored, "seed": seed, "lr": lr,
             "batch": batch,
             "excluded_scenarios": list(exclude), "deploy": dict(deploy or {}), "recipe": recipe or {},
             "pool_episodes": {"train": train_eps.names, "val": val_eps.names}}
@@ -89,6 +92,7 @@ class _Run:
     def __init__(self, accel: Any, model: Any, opt: Any, stats: NormStats, cfg: ModelConfig,
                  train_eps: Episodes, val_eps: Episodes, val_windows: int) -> None:
         self.accel, self.model, self.opt, self.stats, self.cfg = accel, model, opt, stats, cfg
+        self.learn_explored = True  # false: explored steps are context, not targets
         self.train_eps, self.val_eps = train_eps, val_eps
         self.val_starts = val_eps.grid_starts(cfg.window, val_windows)
 
@@ -100,8 +104,13 @@ class _Run:
         """(mean loss over exits: what we optimise, loss at the deepest exit: what we report)"""
         out = self.model(**b)
         m = self.accel.unwrap_model(self.model)
-        losses = {e: m.action_loss(x, b["actions"], b["valid"]) for e, x in out.items()}
+        valid = self.targets(b)
+        losses = {e: m.action_loss(x, b["actions"], valid) for e, x in out.items()}
         return torch.stack(list(losses.values())).mean(), losses[max(losses)]
+
+    def targets(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The steps whose action is a training target."""
+        return b["valid"] if self.learn_explored else b["valid"] * (1 - b["explore"])
 
     def train_step(self, seed: int, step: int, batch: int) -> float:
         self.model.train()
@@ -118,7 +127,8 @@ class _Run:
         """The loss on the validation windows (deepest exit), and per behaviour (issue 14, item
         7): the cross-entropy of the applied probabilities against the behaviour's (comparable
         across heads) and the median |log10 p_model - log10 p_label| per class on steps whose
-        label signals (a factor of 2 is 0.30)."""
+        label signals (a factor of 2 is 0.30), both on steps where the behaviour did not
+        explore (its own decisions, not the noise)."""
         self.model.eval()
         m = self.accel.unwrap_model(self.model)
         total, n = 0.0, 0.0
@@ -128,9 +138,10 @@ class _Run:
             starts = self.val_starts[i:i + batch]
             b = self.tensors(self.val_eps, starts)
             out = self.model(**b)[m.depth]
-            valid = b["valid"]
+            valid = self.targets(b)
             total += float(m.action_loss(out, b["actions"], valid)) * float(valid.sum())
             n += float(valid.sum())
+            valid = b["valid"] * (1 - b["explore"])
             probs = m.probs(out)
             ce = -(b["actions"] * torch.log(probs.clamp(min=1e-12))).sum(-1).mean(-1)
             kind = kinds[np.searchsorted(self.val_eps.end, starts, side="right")]
