@@ -8,6 +8,8 @@ Files, in reading order:
   encoder.py     numbers -> tokens of the backbone's width
   backbone.py    SmolLM2-135M (or any local HF causal LM, or a tiny random Llama) loaded offline
   head.py        L4S-LM head (per-class enqueue/drop/mark) + return and action embeddings
+  coupled.py     the coupled head (action: coupled): gate + log10 p' + k, DualPI2's coupling
+                 built in, trained in log space (issue 14)
   model.py       encoder + backbone + head, LoRA, early exit, incremental decoding
   checkpoint.py  safetensors + json on disk; never unpickles
   train.py       return-conditioned offline RL (NetLLM recipe) with accelerate
