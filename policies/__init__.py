@@ -65,7 +65,7 @@ def to_config(policy: Policy, seed: int | None = None) -> dict[str, Any]:
     explore = None
     if isinstance(policy, Explore):
         explore = {"epsilon": policy.epsilon, "spread": policy.spread, "hold": policy.hold,
-                   "seed": seed or 0}
+                   "floor": policy.floor, "seed": seed or 0}
         policy = policy.inner
     # None and NaN are "not set" defaults (aqm-llm's target_return): strict JSON cannot carry a
     # NaN, and the router's copy takes the same default when the key is absent

@@ -351,13 +351,14 @@ def test_link_process_rebuilds_the_policy_it_was_given(tmp_path):
     dp = NfqueueDatapath(Testbed("t", {}, {}, bn))
     dp.run_dir, dp.seed = tmp_path, 7
     policy = Explore(policies.make("dualpi2", {"target_ms": 20, "c_protection": 0.2}), epsilon=0.5,
-                     spread=3.0, hold=2, seed=7)
+                     spread=3.0, hold=2, seed=7, floor=2e-5)
     config = json.loads(json.dumps(dp.config(policy)))
     assert config["kernel_timestamps"] is True and config["seed"] == 7
     proc = LinkDaemon(config)
     try:
         built = proc.policy
-        assert isinstance(built, Explore) and (built.epsilon, built.spread, built.hold) == (0.5, 3.0, 2)
+        assert isinstance(built, Explore)
+        assert (built.epsilon, built.spread, built.hold, built.floor) == (0.5, 3.0, 2, 2e-5)
         assert built.inner.params == policy.inner.params
         assert proc.limits["c_protection"] == 0.2 and proc.limits["limit_pkts"] == 10000
     finally:
