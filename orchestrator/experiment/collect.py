@@ -168,13 +168,14 @@ def _save(out: Path, state: dict[str, Any]) -> None:
     results.write_json(out / "collect.json", state)
 
 
-def start(matrix_path: str | Path, out: Path) -> dict[str, Any]:
+def start(matrix_path: str | Path, out: Path, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
     """Create (or reopen, to resume) a collection directory."""
     if (out / "collect.json").exists():
         return _state(out)
     matrix = load_matrix(matrix_path)
     out.mkdir(parents=True, exist_ok=True)
-    state = {"matrix": matrix.model_dump(), "points": plan(matrix), "evaluations": []}
+    state = {"matrix": matrix.model_dump(), "points": plan(matrix), "evaluations": [],
+             "shard": list(shard)}
     _save(out, state)
     return state
 
@@ -185,24 +186,48 @@ def _no_override(point: dict[str, Any]) -> dict[str, Any]:
     return point.get("link_dynamics") or {}
 
 
-def collect(tb: Testbed, out: Path, progress: Callable[[str, float], None] | None = None) -> Path:
-    """Run every training scenario not yet run; write <out>/pool.parquet."""
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' -> (I, N): this machine runs shard I (0-based) of N. ValueError says the form."""
+    head, sep, tail = text.partition("/")
+    if not sep or not head.strip().isdigit() or not tail.strip().isdigit():
+        raise ValueError(f"expected I/N with whole numbers, like 0/4, got {text!r}")
+    i, n = int(head), int(tail)
+    if not 0 <= i < n:
+        raise ValueError(f"expected 0 <= I < N, got {text!r}")
+    return i, n
+
+
+def in_shard(index: int, shard: tuple[int, int]) -> bool:
+    """Point `index` of the plan belongs to shard (I, N) when index % N == I. Every machine
+    plans the same matrix with the same seed, so the shards partition the points exactly."""
+    return index % shard[1] == shard[0]
+
+
+def collect(tb: Testbed, out: Path, progress: Callable[[str, float], None] | None = None,
+            shard: tuple[int, int] = (0, 1)) -> Path:
+    """Run every training scenario of this shard not yet run; write <out>/pool.parquet (the
+    shard's pool; `testbed pool build` merges the shards' pools)."""
     from policies.aqm_llm.dataset import build_pool
 
     points = PointFile(out / "collect.json")
     state = points.read()
     matrix = Matrix.model_validate(state["matrix"])
+    recorded = state.get("shard")
+    if recorded is not None and tuple(recorded) != shard:
+        raise UserError(f"{out}: collected as shard {recorded[0]}/{recorded[1]}, not {shard[0]}/{shard[1]}; "
+                        "use another --out for another shard")
     for i, point in enumerate(state["points"]):
-        if point["held_out"] or is_complete(point):
+        if point["held_out"] or is_complete(point) or not in_shard(i, shard):
             continue
         config = RunConfig(policy=point["behaviour"], datapath=matrix.datapath, seed=point["seed"],
                            results_root=out / "runs", explore=matrix.exploration,
                            label={"scenario": point["name"]}, link_dynamics=_no_override(point))
         run_point(points, i, Run(tb, scenario_of(point, tb, matrix.duration), config), _link(point),
                   progress)
-    runs = [out / "runs" / p["run"] for p in points.points() if is_complete(p) and not p["held_out"]]
+    runs = [out / "runs" / p["run"] for i, p in enumerate(points.points())
+            if is_complete(p) and not p["held_out"] and in_shard(i, shard)]
     if not runs:
-        raise UserError("no training runs: every scenario is held out")
+        raise UserError("no training runs: every scenario of this shard is held out")
     return build_pool(runs, out / "pool.parquet")
 
 
