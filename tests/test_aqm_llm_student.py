@@ -181,3 +181,34 @@ def test_without_a_compiler_the_student_stays_in_numpy(monkeypatch, tmp_path):
     policy = StudentPolicy()
     assert policy.native is None
     assert 0.0 <= policy.update(_random_state(random.Random(1))).classic.p_drop <= 1.0
+
+
+def test_no_teacher_student_learns_the_pools_own_decisions(tmp_path):
+    """The no-LLM ablation: with every recorded decision set to classic drop 0.3 and L4S mark
+    0.6, the MLP fitted to the pool decides about that on the pool's states."""
+    from policies.aqm_llm.distill import clone_pool
+
+    frame = D.synthetic_pool(("dualpi2",), seconds=3.0)
+    frame = frame.assign(classic_p_drop=0.3, classic_p_mark=0.0, l4s_p_drop=0.0, l4s_p_mark=0.6)
+    out = run_cli("distill", "--no-teacher", "--pool", str(_write(frame, tmp_path)), "--out",
+                  str(tmp_path / "bc"), "--steps", "400", "--hidden", "16")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["teacher"].startswith("none")
+    policy = StudentPolicy(StudentPolicy.Params(checkpoint=str(tmp_path / "bc")))
+    decisions = [policy.update(s) for _, rows in D.episodes(frame) for s in list(D.states(rows))[::20]]
+    assert abs(np.mean([d.classic.p_drop for d in decisions]) - 0.3) < 0.05
+    assert abs(np.mean([d.l4s.p_mark for d in decisions]) - 0.6) < 0.05
+    clone = clone_pool(frame, tmp_path / "bc2", steps=50, hidden=(8,))
+    assert clone["states"] == len(frame)
+
+
+def test_no_teacher_takes_no_checkpoint(tmp_path):
+    res = run_cli("distill", "--no-teacher", "--checkpoint", str(tmp_path), "--pool", str(tmp_path),
+                  "--out", str(tmp_path / "x"))
+    assert res.returncode == 2 and "no checkpoint" in res.stderr and "Traceback" not in res.stderr
+
+
+def _write(frame: pd.DataFrame, tmp_path) -> object:
+    path = tmp_path / "pool.parquet"
+    frame.to_parquet(path, index=False)
+    return path
