@@ -167,3 +167,30 @@ def test_reading_a_decision_per_packet():
     assert d.action(0.25) is Action.MARK and d.action(0.25, ecn_capable=False) is Action.DROP
     assert d.action(0.5) is Action.ENQUEUE and d.action(0.5, sojourn_ms=2.0) is Action.MARK
     assert d.action(0.05, sojourn_ms=2.0) is Action.DROP
+
+
+@pytest.mark.parametrize("name", ["pie", "pi2", "dualpi2"])
+def test_the_datapath_is_asked_to_update_at_the_published_interval(name):
+    tupdate_s = policies.make(name, {}).queue_config().tupdate_s
+    assert tupdate_s == pytest.approx(PUBLISHED[name]["tupdate_ms"] / 1e3)
+
+
+# Parameter ranges at their edges: a zero interval, target, size or probability is refused; the
+# smallest meaningful values (a one-packet queue, a half-millisecond target, a probability or
+# weight of 1, DualPI2's smallest gain tc can send, 1/256 Hz) are accepted.
+@pytest.mark.parametrize("name,key,value,ok", [
+    *[(n, k, "0", False) for n in ("pie", "pi2", "dualpi2") for k in ("target_ms", "tupdate_ms")],
+    *[(n, "limit", "0", False) for n in ("fifo", "red", "pie", "pi2", "codel", "dualpi2")],
+    *[(n, "limit", "1", True) for n in ("fifo", "red", "pie", "pi2", "codel", "dualpi2")],
+    *[(n, "target_ms", "0.5", True) for n in ("pie", "pi2", "dualpi2", "codel")],
+    ("red", "max_p", "0", False), ("red", "max_p", "1", True), ("red", "w_q", "0", False),
+    ("red", "w_q", "1", True), ("red", "w_q", "1.5", False), ("red", "avpkt", "0", False),
+    ("red", "avpkt", "1", True), ("dualpi2", "alpha", "0.00390625", True),
+    ("dualpi2", "alpha", "0.001", False),
+])
+def test_parameter_edges(name, key, value, ok):
+    if ok:
+        assert getattr(policies.make(name, {key: value}).params, key) == pytest.approx(float(value))
+    else:
+        with pytest.raises(ParamError, match=f"'{key}'"):
+            policies.make(name, {key: value})
