@@ -21,6 +21,7 @@ import ast
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -156,6 +157,8 @@ def main() -> int:
         print(f"error: no test mapping for {', '.join(unknown)}; known: {', '.join(TARGETS)}",
               file=sys.stderr)
         return 2
+    # a TERM (a CI timeout, kill PID) unwinds through the `finally` below: no scratch copy left
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     scratch = Path(tempfile.mkdtemp(prefix="mutate-"))
     try:
         for sub in ("orchestrator", "policies", "tests"):
