@@ -180,6 +180,7 @@ def test_the_datapath_is_asked_to_update_at_the_published_interval(name):
 # weight of 1, DualPI2's smallest gain tc can send, 1/256 Hz) are accepted.
 @pytest.mark.parametrize("name,key,value,ok", [
     *[(n, k, "0", False) for n in ("pie", "pi2", "dualpi2") for k in ("target_ms", "tupdate_ms")],
+    ("codel", "target_ms", "0", False), ("codel", "interval_ms", "0", False),
     *[(n, "limit", "0", False) for n in ("fifo", "red", "pie", "pi2", "codel", "dualpi2")],
     *[(n, "limit", "1", True) for n in ("fifo", "red", "pie", "pi2", "codel", "dualpi2")],
     *[(n, "target_ms", "0.5", True) for n in ("pie", "pi2", "dualpi2", "codel")],
