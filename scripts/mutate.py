@@ -46,7 +46,7 @@ TARGETS: dict[str, list[str]] = {
     "policies/aqm_llm/reward.py": ["tests/test_aqm_llm_data.py", "tests/test_claims.py"],
     "policies/aqm_llm/dataset.py": ["tests/test_aqm_llm_data.py", "tests/test_aqm_llm_windows.py",
                                     "tests/test_claims.py"],
-    "policies/aqm_llm/features.py": ["tests/test_aqm_llm_data.py"],
+    "policies/aqm_llm/features.py": ["tests/test_aqm_llm_data.py", "tests/test_aqm_llm_windows.py"],
     "orchestrator/analysis/queue.py": ["tests/test_analysis_queue.py"],
     "orchestrator/analysis/flows.py": ["tests/test_analysis_flows.py"],
     "orchestrator/analysis/pcap.py": ["tests/test_analysis_pcap.py"],

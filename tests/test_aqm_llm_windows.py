@@ -56,7 +56,8 @@ def test_a_window_holds_its_episodes_rows_in_order_then_padding(pool, prepared):
             w = 0.9 ** np.arange(len(future))
             rtg = float((w * future).sum() / w.sum()) if len(future) else r[-1]
             assert b["rtg"][0, j] == pytest.approx(stats.norm_rtg(np.array([rtg]))[0], rel=1e-4, abs=1e-5)
-        assert not b["scalars"][0, k:].any() and not b["actions"][0, k:].any() and not b["rtg"][0, k:].any()
+        for key in ("scalars", "series", "mask", "actions", "rtg"):
+            assert not b[key][0, k:].any(), key
 
 
 def test_grid_starts_step_by_window_inside_each_episode(prepared):
@@ -98,3 +99,59 @@ def test_normalisation_is_fitted_on_training_episodes_only(pool, prepared):
     np.testing.assert_allclose(stats.scalar_mean, raw_train.scalars.mean(0), rtol=1e-5, atol=1e-6)
     varies = raw_train.scalars.std(0) > 1e-6
     assert np.allclose(train.feats.scalars[:, varies].mean(0), 0, atol=1e-4)
+
+
+def test_scalar_features_are_the_documented_quantities():
+    """features.py's definitions, computed here by hand for one state: log1p of counts, rates,
+    bytes and delays; ratios to the link rate; the backlog in ms at the link rate."""
+    from policies.base import ClassState, QueueState
+
+    l4s = ClassState(sojourn_ms=0.5, sojourn_max_ms=2.0, head_sojourn_ms=0.7, backlog_bytes=3000,
+                     backlog_pkts=2, arrival_bps=20e6, departure_bps=19e6, arrivals=40, drops=0, marks=10)
+    classic = ClassState(sojourn_ms=12.0, sojourn_max_ms=20.0, head_sojourn_ms=14.0, backlog_bytes=75_000,
+                         backlog_pkts=50, arrival_bps=40e6, departure_bps=30e6, arrivals=80, drops=4, marks=0)
+    s = QueueState(t=3.0, dt=0.016, link_rate_bps=50e6, l4s=l4s, classic=classic)
+    got = dict(zip(F.SCALAR_NAMES, F.from_state(s).scalars[0], strict=True))
+    ln = np.log1p
+    assert got["log_link_rate_bps"] == pytest.approx(ln(50e6))
+    assert got["dt_ms"] == pytest.approx(16.0)
+    assert got["util"] == pytest.approx(49e6 / 50e6)
+    assert got["log_backlog_ms"] == pytest.approx(ln(78_000 * 8 / 50e6 * 1e3))  # 12.48 ms
+    for name, c in (("l4s", l4s), ("classic", classic)):
+        assert got[f"{name}_log_sojourn_ms"] == pytest.approx(ln(c.sojourn_ms))
+        assert got[f"{name}_log_backlog_bytes"] == pytest.approx(ln(c.backlog_bytes))
+        assert got[f"{name}_arrival_util"] == pytest.approx(c.arrival_bps / 50e6)
+        assert got[f"{name}_departure_util"] == pytest.approx(c.departure_bps / 50e6)
+        assert got[f"{name}_drop_frac"] == pytest.approx(c.drops / c.arrivals)
+        assert got[f"{name}_mark_frac"] == pytest.approx(c.marks / c.arrivals)
+        assert got[f"{name}_log_backlog_ms"] == pytest.approx(ln(c.backlog_bytes * 8 / 50e6 * 1e3))
+    # the same numbers from the pool row of that state
+    rows = pd.DataFrame([s.flat()])
+    np.testing.assert_allclose(F.from_rows(rows).scalars[0], list(got.values()), rtol=1e-12)
+
+
+def test_series_statistics_are_over_real_entries_only_and_clipped():
+    """NormStats: the series mean and std count only entries the mask says are real (padding
+    is not a zero observation); z-scores are clipped at +-10; a constant feature is left
+    unscaled, not divided by ~0."""
+    rng = np.random.default_rng(0)
+    n, h = 50, F.HISTORY_LEN
+    series = rng.normal(3.0, 2.0, size=(n, F.N_SERIES, h))
+    mask = np.ones_like(series)
+    mask[:, :, : h // 2] = 0.0  # half of every history is padding
+    series *= mask
+    scalars = np.tile(np.arange(F.N_SCALARS, dtype=float), (n, 1))
+    scalars[:, 0] = rng.normal(0, 1, n)
+    f = F.Features(scalars, series, mask)
+    st = F.NormStats.fit(f, rtg=np.arange(n, dtype=float))
+    real = series[:, :, h // 2:]
+    np.testing.assert_allclose(st.series_mean, real.mean((0, 2)), rtol=1e-12)
+    np.testing.assert_allclose(st.series_std, real.std((0, 2)), rtol=1e-12)
+    assert st.scalar_std[1:] == [1.0] * (F.N_SCALARS - 1)  # constant columns
+    out = st.apply(f)
+    np.testing.assert_allclose(out.series[:, :, h // 2:],
+                               (real - real.mean((0, 2))[None, :, None]) / real.std((0, 2))[None, :, None],
+                               rtol=1e-5, atol=1e-5)
+    assert not out.series[:, :, : h // 2].any()
+    far = F.Features(scalars + 1e6, series, mask)
+    assert np.abs(st.apply(far).scalars).max() == pytest.approx(10.0)
