@@ -77,11 +77,16 @@ def test_collect_keeps_held_out_scenarios_out_of_the_pool(netns_testbed, tmp_pat
     again = run_cli("collect", "--matrix", str(matrix), "--out", str(out), "--testbed", tb.name, timeout=120)
     assert again.returncode == 0 and "0 scenarios to run" in again.stdout, again.stdout + again.stderr
     # evaluation runs only on the held-out scenario
-    ev = run_cli("evaluate", "--out", str(out), "--policy", "fifo", "--repeat", "1", "--testbed", tb.name,
-                 timeout=300)
+    # two settings of one policy are two rows, each run (they once shared a key, and the second
+    # was skipped as done)
+    ev = run_cli("evaluate", "--out", str(out), "--policy", "fifo", "--policy", "fifo:limit=40",
+                 "--repeat", "1", "--testbed", tb.name, timeout=300)
     assert ev.returncode == 0, ev.stdout + ev.stderr
     state = json.loads((out / "collect.json").read_text())
     assert {e["scenario"] for e in state["evaluations"]} == held
+    assert sorted(e["policy"] for e in state["evaluations"]) == ["fifo", "fifo:limit=40"]
+    table = pd.read_csv(out / "evaluation.csv", header=[0, 1], index_col=0)
+    assert set(table.index) == {"fifo", "fifo:limit=40"}
 
 
 def test_shards_partition_the_training_points(tmp_path):

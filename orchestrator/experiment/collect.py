@@ -238,21 +238,31 @@ def evaluate(tb: Testbed, out: Path, policies: list[tuple[str, dict[str, Any]]],
     state = evaluations.read()
     matrix = Matrix.model_validate(state["matrix"])
     done = {(e["scenario"], e["policy"], e["repeat"]) for e in state["evaluations"] if is_complete(e)}
+    labels = [spec_label(name, args) for name, args in policies]
     for point in (p for p in state["points"] if p["held_out"]):
-        for (name, args), rep in itertools.product(policies, range(repeat)):
-            if (point["name"], name, rep) in done:
+        runs = itertools.product(zip(policies, labels, strict=True), range(repeat))
+        for ((name, args), label), rep in runs:
+            if (point["name"], label, rep) in done:
                 continue
             config = RunConfig(policy=name, policy_args=args, datapath=matrix.datapath,
                                seed=1000 + rep, results_root=out / "eval",
                                label={"scenario": point["name"], "repeat": rep},
                                link_dynamics=_no_override(point))
             run = Run(tb, scenario_of(point, tb, matrix.duration), config)
-            index = evaluations.append({"scenario": point["name"], "policy": name, "repeat": rep,
+            index = evaluations.append({"scenario": point["name"], "policy": label, "repeat": rep,
                                         "run": None, "status": "pending"})
             run_point(evaluations, index, run, _link(point), progress)
-            done.add((point["name"], name, rep))
-    return [e for e in evaluations.points()
-            if is_complete(e) and any(e["policy"] == n for n, _ in policies)]
+            done.add((point["name"], label, rep))
+    return [e for e in evaluations.points() if is_complete(e) and e["policy"] in labels]
+
+
+def spec_label(name: str, args: dict[str, Any]) -> str:
+    """How an evaluated policy is named in collect.json and the table: its name, with its
+    arguments when it has any, so that two settings of one policy (the shipped student and
+    another checkpoint) are two rows, not one row whose second half was never run."""
+    if not args:
+        return name
+    return name + ":" + ",".join(f"{k}={args[k]}" for k in sorted(args))
 
 
 def _link(point: dict[str, Any]) -> dict[str, Any]:
