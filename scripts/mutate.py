@@ -21,6 +21,7 @@ import ast
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -31,17 +32,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # module -> the unit tests that are its claim-holders (fast ones: no namespaces)
+# The registry tests hold every built-in policy to its published defaults and targets.
+REGISTRY_TESTS = ["tests/test_policies_registry.py"]
 TARGETS: dict[str, list[str]] = {
-    "policies/dualpi2.py": ["tests/test_policies_dualpi2.py"],
-    "policies/pie.py": ["tests/test_policies_pie.py"],
-    "policies/pi2.py": ["tests/test_policies_pi2.py"],
-    "policies/red.py": ["tests/test_policies_red.py"],
-    "policies/codel.py": ["tests/test_policies_codel.py"],
-    "policies/fifo.py": ["tests/test_policies_fifo.py"],
-    "policies/explore.py": ["tests/test_aqm_llm_data.py", "tests/test_policies_registry.py"],
+    "policies/dualpi2.py": ["tests/test_policies_dualpi2.py", "tests/test_policies_dualpi2_kernel.py",
+                            *REGISTRY_TESTS],
+    "policies/pie.py": ["tests/test_policies_pie.py", *REGISTRY_TESTS],
+    "policies/pi2.py": ["tests/test_policies_pi2.py", *REGISTRY_TESTS],
+    "policies/red.py": ["tests/test_policies_red.py", *REGISTRY_TESTS],
+    "policies/codel.py": ["tests/test_policies_codel.py", *REGISTRY_TESTS],
+    "policies/fifo.py": ["tests/test_policies_fifo.py", *REGISTRY_TESTS],
+    "policies/explore.py": ["tests/test_policies_explore.py", "tests/test_aqm_llm_data.py"],
     "policies/aqm_llm/reward.py": ["tests/test_aqm_llm_data.py", "tests/test_claims.py"],
-    "policies/aqm_llm/dataset.py": ["tests/test_aqm_llm_data.py", "tests/test_claims.py"],
-    "policies/aqm_llm/features.py": ["tests/test_aqm_llm_data.py"],
+    "policies/aqm_llm/dataset.py": ["tests/test_aqm_llm_data.py", "tests/test_aqm_llm_windows.py",
+                                    "tests/test_claims.py"],
+    "policies/aqm_llm/features.py": ["tests/test_aqm_llm_data.py", "tests/test_aqm_llm_windows.py"],
     "orchestrator/analysis/queue.py": ["tests/test_analysis_queue.py"],
     "orchestrator/analysis/flows.py": ["tests/test_analysis_flows.py"],
     "orchestrator/analysis/pcap.py": ["tests/test_analysis_pcap.py"],
@@ -152,6 +157,8 @@ def main() -> int:
         print(f"error: no test mapping for {', '.join(unknown)}; known: {', '.join(TARGETS)}",
               file=sys.stderr)
         return 2
+    # a TERM (a CI timeout, kill PID) unwinds through the `finally` below: no scratch copy left
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     scratch = Path(tempfile.mkdtemp(prefix="mutate-"))
     try:
         for sub in ("orchestrator", "policies", "tests"):

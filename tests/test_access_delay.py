@@ -5,7 +5,6 @@ testbed: the RTT seen from s1 is the bottleneck's plus twice s1's access delay."
 from __future__ import annotations
 
 import re
-import statistics
 
 import pytest
 
@@ -32,8 +31,11 @@ def test_scenario_accepts_delay_of_a_sender_and_refuses_others(tmp_path):
 
 
 def ping_ms(tb, host: str) -> float:
+    """The fastest of five pings: never below the configured RTT (the delay line does not
+    release early), and not held up by the scheduler of a loaded machine as a single ping or a
+    median can be."""
     out = tb.run(host, ["ping", "-c", "5", "-i", "0.2", tb.host("rx").address]).stdout
-    return statistics.median(float(m) for m in re.findall(r"time=([0-9.]+) ms", out))
+    return min(float(m) for m in re.findall(r"time=([0-9.]+) ms", out))
 
 
 @pytest.mark.integration
@@ -47,4 +49,5 @@ def test_a_points_access_delay_sets_that_senders_rtt_and_is_restored(netns_testb
     access_delay.restore(tb, saved)
     after = ping_ms(tb, "s1")
     print(f"\nping s1: {base:.1f} ms, with delay.s1=35ms {s1:.1f} ms (s2 {s2:.1f}), restored {after:.1f}")
-    assert 9 < base < 13 and 79 < s1 < 84 and 9 < s2 < 13 and 9 < after < 13
+    # 10 ms, then 10 + 2 x 35 ms for s1 alone
+    assert all(9.7 <= x <= 13 for x in (base, s2, after)) and 79.7 <= s1 <= 83, (base, s1, s2, after)

@@ -156,3 +156,30 @@ def test_matches_tshark_field_by_field(tmp_path: Path) -> None:
         if seq:
             assert int(seq) == row.seq
         assert int(tsval or -1) == row.tsval
+
+
+@pytest.mark.parametrize("linktype", [101, 228, 12, 14, 0])
+def test_raw_ip_link_types_and_bsd_loopback(tmp_path: Path, linktype: int) -> None:
+    """LINKTYPE_RAW (101), LINKTYPE_IPV4 (228), and the DLT_RAW values 12 and 14 carry the IP
+    header first; BSD loopback (0) a 4-byte address family before it (pcap-linktype(7))."""
+    from scapy.all import Loopback
+
+    pkts = stamp([Loopback(type=2) / p if linktype == 0 else p for p in packets()])
+    path = tmp_path / "x.pcap"
+    wrpcap(str(path), pkts, linktype=linktype)
+    check_fields(read_pcap(path))
+
+
+def test_tcp_flags_include_ece_cwr_and_accecn_ae(tmp_path: Path) -> None:
+    """RFC 9293 flag bits (FIN 0x01 ... CWR 0x80) and AccECN's AE, the former NS bit (0x100,
+    the low bit of the data-offset byte): read as the header carries them."""
+    from orchestrator.analysis import pcap as P
+
+    assert (P.FIN, P.SYN, P.RST, P.PSH, P.ACK, P.URG, P.ECE, P.CWR, P.AE) == (
+        0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0x100)
+    base = IP(src="10.0.0.1", dst="10.0.2.2")
+    pkts = stamp([base / TCP(flags=f) for f in ("SEC", "SAECN", "AN", "FA")])
+    path = tmp_path / "f.pcap"
+    wrpcap(str(path), pkts)
+    assert list(read_pcap(path)["flags"]) == [0x02 | 0x40 | 0x80, 0x02 | 0x10 | 0x40 | 0x80 | 0x100,
+                                             0x10 | 0x100, 0x01 | 0x10]

@@ -109,3 +109,36 @@ def test_reads_what_partwriter_wrote(tmp_path: Path) -> None:
     back = read(tmp_path)
     assert len(back) == len(pkts)
     assert queue.delay_percentiles(back)["l4s"]["p99"] == pytest.approx(9.8901, abs=1e-5)
+
+
+def busy_log(plan: list[tuple[float, float, int]], sample_every: int = 1) -> pd.DataFrame:
+    """1000-byte packets departing evenly within each (start s, end s, count) of `plan`,
+    sojourn 0; every `sample_every`-th one logged (a sampled log)."""
+    t = np.concatenate([a + (np.arange(n) + 0.5) * (b - a) / n for a, b, n in plan])[::sample_every]
+    n = len(t)
+    return pd.DataFrame({"t_arrival": T0 + t, "t_departure": T0 + t, "cls": np.ones(n, np.uint8),
+                         "ecn_in": np.zeros(n, np.uint8), "action": np.zeros(n, np.uint8),
+                         "size": np.full(n, 1000, np.uint16), "sojourn_ms": np.zeros(n, np.float32)})
+
+
+@pytest.mark.parametrize("sample_every", [1, 4])
+def test_utilisation_over_a_long_window_is_the_mean_of_its_busy_whole_seconds(sample_every):
+    """Over a window of 3 s or more: per-second utilisation, averaged over the seconds from the
+    first to the last that carried at least 10% of the link, without the final partial second
+    (queue.py, issue 10). 8 Mbit/s = 1000 packets of 1000 B a second: second 0 carries 2
+    packets (a handshake), seconds 1-4 carry 900, 700, 900, 900, second 5 has 50 (idle
+    stragglers), and the window ends at 6.5 s (a partial second of 400)."""
+    plan = [(0.0, 0.01, 2), (1.0, 2.0, 900), (2.0, 3.0, 700), (3.0, 4.0, 900), (4.0, 5.0, 900),
+            (5.0, 6.0, 50), (6.0, 6.5, 400)]
+    log = busy_log(plan, sample_every)
+    u = queue.utilisation(log, 8e6, sample_rate=1 / sample_every)
+    assert u == pytest.approx((0.9 + 0.7 + 0.9 + 0.9) / 4, rel=0.01)
+    # an explicit span is plain bytes over time, edges included
+    span = (T0 + 1.0, T0 + 3.0)
+    assert queue.utilisation(log, 8e6, 1 / sample_every, span) == pytest.approx(0.8, rel=0.01)
+    # from 3 s on already (here 3.2 s: busy seconds 1-2 at 0.9, not 1902 packets / 3.2 s = 0.59)
+    short = busy_log([(0.0, 0.01, 2), (1.0, 2.0, 900), (2.0, 3.0, 900), (3.0, 3.2, 100)])
+    assert queue.utilisation(short, 8e6) == pytest.approx(0.9, rel=0.01)
+    # nothing busy at all: the mean of every whole second
+    calm = busy_log([(0.0, 4.5, 45)])
+    assert queue.utilisation(calm, 8e6) == pytest.approx(0.01, rel=0.05)

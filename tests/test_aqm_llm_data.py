@@ -11,7 +11,7 @@ import pytest
 
 from policies.aqm_llm import dataset as D
 from policies.aqm_llm import features as F
-from policies.aqm_llm.reward import reward, reward_columns
+from policies.aqm_llm.reward import DEFAULT, RewardWeights, reward, reward_columns
 from policies.base import HISTORY_LEN, ClassState, QueueState
 from policies.errors import PolicyError as UserError
 from policies.telemetry import PartWriter
@@ -146,3 +146,30 @@ def test_scenarios_can_be_held_out_of_the_pool(pool):
     assert "fluid-1" not in set(kept.scenario) and {"fluid-0", "fluid-2"} <= set(kept.scenario)
     with pytest.raises(UserError, match="not in the pool"):
         D.exclude_scenarios(pool, ["nope"])
+
+
+def _row(**kw) -> dict:
+    base = {"link_rate_bps": 50e6, "l4s_departure_bps": 25e6, "classic_departure_bps": 25e6,
+            "l4s_arrivals": 1000, "classic_arrivals": 1000, "l4s_drops": 0, "classic_drops": 0,
+            "l4s_sojourn_ms": 0.0, "classic_sojourn_ms": 0.0}
+    return {**base, **kw}
+
+
+def test_reward_clips_and_references_as_its_docstring_says():
+    """reward.py: util clipped to [0, 1]; loss = drops / arrivals clipped to [0, 1] (drops of
+    packets that arrived earlier can outnumber this interval's arrivals); the delay references
+    are the weights' (an L4S queue of l4s_ref_ms costs a * log 2, whatever the reference)."""
+    def r(w: RewardWeights = DEFAULT, **kw) -> float:
+        return float(reward_columns(_row(**kw), w))
+
+    assert r(l4s_departure_bps=40e6, classic_departure_bps=30e6) == 1.0
+    assert r(l4s_arrivals=1, classic_arrivals=0, l4s_drops=1) == pytest.approx(1 - 2)
+    assert r(l4s_arrivals=2, classic_arrivals=0, l4s_drops=5) == pytest.approx(1 - 2)
+    assert r(l4s_arrivals=0, classic_arrivals=0) == 1.0  # nothing arrived: no loss
+    for ref in (0.5, 2.0, 4.0):
+        w = RewardWeights(l4s_ref_ms=ref, classic_target_ms=10 * ref)
+        assert 1.0 - r(w, l4s_sojourn_ms=ref) == pytest.approx(0.2 * math.log(2))
+        assert 1.0 - r(w, classic_sojourn_ms=10 * ref) == pytest.approx(0.2 * math.log(2))
+    assert RewardWeights(**DEFAULT.to_dict()) == DEFAULT
+    assert DEFAULT.to_dict() == {"delay_l4s": 0.2, "delay_classic": 0.2, "loss": 2.0, "l4s_ref_ms": 1.0,
+                                 "classic_target_ms": 15.0}

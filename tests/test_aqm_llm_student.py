@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,8 @@ from policies.aqm_llm.checkpoint import save_checkpoint
 from policies.aqm_llm.distill import fit_student, teacher_labels
 from policies.aqm_llm.features import from_rows
 from policies.aqm_llm.model import AqmLlm, ModelConfig
-from policies.aqm_llm.student import Student, StudentPolicy, student_inputs
+from policies.aqm_llm.student import Student, StudentPolicy, _softmax, student_inputs
+from policies.base import ClassState, QueueState
 from policies.errors import PolicyError as UserError
 
 from conftest import run_cli
@@ -136,3 +138,81 @@ def test_the_llm_policies_default_to_the_shipped_models(name, monkeypatch, tmp_p
     monkeypatch.setattr(st, "DEFAULT_STUDENT", tmp_path / "gone")
     with pytest.raises(UserError, match="gone"):
         policies.make(name, {})
+
+
+def _random_state(rng: random.Random) -> QueueState:
+    """A live state with values across decades, zeros, and histories of any length 0-16."""
+    from policies.aqm_llm.features import CLASS_KEYS
+
+    counts = ("backlog_bytes", "backlog_pkts", "arrivals", "drops", "marks")
+    per = {}
+    for cls in ("l4s", "classic"):
+        vals = {k: rng.choice([0.0, rng.random() * 10 ** rng.uniform(-2, 8)]) for k in CLASS_KEYS}
+        per[cls] = ClassState(**{k: int(v) if k in counts else v for k, v in vals.items()})
+    n = [rng.randint(0, 16) for _ in range(4)]
+    return QueueState(
+        t=1.0, dt=rng.uniform(0.01, 0.03), link_rate_bps=rng.choice([0.0, 1e6, 5e7, 2e8]), **per,
+        sojourn_history={c: tuple(rng.random() * 50 for _ in range(k))
+                         for c, k in zip(("l4s", "classic"), n[:2], strict=True)},
+        rate_history={c: tuple(rng.random() * 1e8 for _ in range(k))
+                      for c, k in zip(("l4s", "classic"), n[2:], strict=True)})
+
+
+def test_the_c_student_decides_as_the_numpy_one():
+    """native/student.c re-implements the features, normalisation, MLP and softmax: on 2,000
+    random states its probabilities equal the numpy path's (float32 sums in another order)."""
+    native = StudentPolicy()
+    assert native.native is not None, "no C compiler? setup installs clang"
+    numpy_path = StudentPolicy(StudentPolicy.Params(native=False))
+    rng = random.Random(7)
+    for _ in range(2000):
+        state = _random_state(rng)
+        got = native.native.probs(state)
+        logits = numpy_path.student.logits(numpy_path.student.state_input(state))
+        want = [_softmax(r) for r in logits.tolist()]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-9)
+        a, b = native.update(state), numpy_path.update(state)
+        for cls in ("l4s", "classic"):
+            np.testing.assert_allclose([a.of(cls).p_drop, a.of(cls).p_mark],
+                                       [b.of(cls).p_drop, b.of(cls).p_mark], rtol=1e-4, atol=1e-9)
+
+
+def test_without_a_compiler_the_student_stays_in_numpy(monkeypatch, tmp_path):
+    from policies.aqm_llm import student_native
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(student_native.shutil, "which", lambda name: None)
+    policy = StudentPolicy()
+    assert policy.native is None
+    assert 0.0 <= policy.update(_random_state(random.Random(1))).classic.p_drop <= 1.0
+
+
+def test_no_teacher_student_learns_the_pools_own_decisions(tmp_path):
+    """The no-LLM ablation: with every recorded decision set to classic drop 0.3 and L4S mark
+    0.6, the MLP fitted to the pool decides about that on the pool's states."""
+    from policies.aqm_llm.distill import clone_pool
+
+    frame = D.synthetic_pool(("dualpi2",), seconds=3.0)
+    frame = frame.assign(classic_p_drop=0.3, classic_p_mark=0.0, l4s_p_drop=0.0, l4s_p_mark=0.6)
+    out = run_cli("distill", "--no-teacher", "--pool", str(_write(frame, tmp_path)), "--out",
+                  str(tmp_path / "bc"), "--steps", "400", "--hidden", "16")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["teacher"].startswith("none")
+    policy = StudentPolicy(StudentPolicy.Params(checkpoint=str(tmp_path / "bc")))
+    decisions = [policy.update(s) for _, rows in D.episodes(frame) for s in list(D.states(rows))[::20]]
+    assert abs(np.mean([d.classic.p_drop for d in decisions]) - 0.3) < 0.05
+    assert abs(np.mean([d.l4s.p_mark for d in decisions]) - 0.6) < 0.05
+    clone = clone_pool(frame, tmp_path / "bc2", steps=50, hidden=(8,))
+    assert clone["states"] == len(frame)
+
+
+def test_no_teacher_takes_no_checkpoint(tmp_path):
+    res = run_cli("distill", "--no-teacher", "--checkpoint", str(tmp_path), "--pool", str(tmp_path),
+                  "--out", str(tmp_path / "x"))
+    assert res.returncode == 2 and "no checkpoint" in res.stderr and "Traceback" not in res.stderr
+
+
+def _write(frame: pd.DataFrame, tmp_path) -> object:
+    path = tmp_path / "pool.parquet"
+    frame.to_parquet(path, index=False)
+    return path

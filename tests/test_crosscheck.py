@@ -62,6 +62,20 @@ def test_verdict_follows_each_tolerance():
 
 
 
+def test_a_gap_within_one_datapaths_own_spread_is_noise():
+    """classic p50: nfqueue runs 7.5 and 10.5 ms (mean 9), ebpf 10 and 14 (mean 12). The 3 ms
+    gap is over 30% of 9 but inside ebpf's own 4 ms range; ebpf at 16 and 16.2 is not."""
+    def runs(dp: str, values: list[float]) -> list[xc.RunFigures]:
+        return [_run(dp, 0.98, 0.7, v, seed=i + (10 if dp == "ebpf" else 0)) for i, v in enumerate(values)]
+
+    def check(ebpf: list[float]) -> dict:
+        result = xc.compare(runs("nfqueue", [7.5, 10.5]) + runs("ebpf", ebpf), ["nfqueue", "ebpf"])
+        return next(c for c in result["checks"] if c["figure"] == "classic_p50_ms")
+
+    assert check([10.0, 14.0])["ok"] is True and check([10.0, 14.0])["tolerance"] == "+-4"
+    assert check([16.0, 16.2])["ok"] is False  # 7.1 ms away; the ranges are 3 and 0.2
+
+
 def test_l4s_p99_tolerance_is_two_packets_at_a_slow_link():
     """0.5 ms at 50 Mbit/s (two packets take 0.48 ms); two packets, 2.42 ms, at 10 Mbit/s."""
     assert xc.tolerance("l4s_p99_ms", 0.7, 50.0) == 0.5

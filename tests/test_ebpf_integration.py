@@ -144,7 +144,12 @@ def test_dualpi2_separates_l_and_c(dumbbell, tmp_path):
     # one control row per tupdate; the state the policy saw matches the packet log
     ctl = read(tmp_path / "telemetry" / "control")
     assert len(ctl) >= 12 / 0.016 * 0.8 and ctl.l4s_p_mark.max() > 0
-    assert counters["updates"] == len(ctl) and counters["missed"] == 0
+    # the loop keeps its deadline (tupdate): a DualPI2 update takes microseconds, so a miss can
+    # only be the scheduler preempting it on a loaded machine. Not "zero misses" (luck), but
+    # every miss is an update measured slower than the deadline, and they are rare
+    assert counters["updates"] == len(ctl)
+    assert counters["missed"] == int(ctl.missed.sum()) == int((ctl.decide_us > 16_000).sum())
+    assert ctl.decide_us.median() < 1_000 and counters["missed"] <= 0.02 * len(ctl), counters
     busy = ctl[ctl.t > ctl.t.min() + WARMUP_S]
     assert busy.classic_departure_bps.median() > 0.2 * RATE
     assert abs(busy.classic_sojourn_ms.median() - c_soj.median()) < 5.0

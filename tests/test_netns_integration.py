@@ -38,6 +38,14 @@ def ping_rtts(tb, host: str, dst: str, count: int, interval: float = 0.2) -> lis
     return [float(x) for x in re.findall(r"time=([0-9.]+) ms", out)]
 
 
+def rtt_is(rtts: list[float], configured_ms: float) -> bool:
+    """The configured RTT is what the userspace delay line applies. Checked on the fastest of the
+    pings: none can come back sooner (the line never releases a packet before it is due), and on
+    a loaded 2-core machine a single ping, or a mean of three, can be held up by the scheduler
+    for several ms (a +-1 ms window on a mean flaked); the fastest of five must be within 3 ms."""
+    return len(rtts) >= 3 and configured_ms - 0.3 <= min(rtts) <= configured_ms + 3.0
+
+
 @pytest.mark.slow
 def test_dumbbell_rtt_rate_and_clean_down(netns_testbed):
     name = unique_name("nt")
@@ -45,7 +53,7 @@ def test_dumbbell_rtt_rate_and_clean_down(netns_testbed):
     rx = tb.host("rx").address
     idle = ping_rtts(tb, "s1", rx, 10)
     assert len(idle) == 10
-    assert abs(statistics.mean(idle) - 20.0) <= 2.0, idle  # within 10% of the configured RTT
+    assert rtt_is(idle, 20.0), idle
 
     server = tb.popen("rx", ["iperf3", "-s", "-1", "-p", "5301"], tag="iperf3-server")
     tb.wait_port("rx", 5301)
@@ -111,9 +119,9 @@ def test_two_testbeds_at_once_do_not_collide(netns_testbed):
     tb_b = netns_testbed(dumbbell_yaml(b, rtt="30ms"))
     # same addresses in both, isolated from each other
     assert tb_a.host("rx").address == tb_b.host("rx").address
-    ra = ping_rtts(tb_a, "s1", tb_a.host("rx").address, 3, 0.1)
-    rb = ping_rtts(tb_b, "s1", tb_b.host("rx").address, 3, 0.1)
-    assert 9 < statistics.mean(ra) < 12 and 29 < statistics.mean(rb) < 33, (ra, rb)
+    ra = ping_rtts(tb_a, "s1", tb_a.host("rx").address, 5, 0.1)
+    rb = ping_rtts(tb_b, "s1", tb_b.host("rx").address, 5, 0.1)
+    assert rtt_is(ra, 10.0) and rtt_is(rb, 30.0), (ra, rb)
     run_cli("down", a, check=True)
     assert leftovers(a) == []
     assert len(ping_rtts(tb_b, "s1", tb_b.host("rx").address, 2, 0.1)) == 2
@@ -134,9 +142,8 @@ def test_routes_through_two_routers_and_extra_delays(netns_testbed):
     tb = netns_testbed(text)
     rx2 = tb.host("rx2").address
     # base 15 ms (5 forward + 10 reverse) + 2 x 20 ms extra on s4's access link
-    near = statistics.mean(ping_rtts(tb, "s1", rx2, 3, 0.1))
-    far = statistics.mean(ping_rtts(tb, "s4", rx2, 3, 0.1))
-    assert 19 < near < 23 and 54 < far < 59, (near, far)
+    near, far = ping_rtts(tb, "s1", rx2, 5, 0.1), ping_rtts(tb, "s4", rx2, 5, 0.1)
+    assert rtt_is(near, 15.0 + 2 * 2.5) and rtt_is(far, 15.0 + 2 * 20.0), (near, far)
     cc = tb.run("s5", ["ip", "route", "get", rx2]).stdout
     assert "congctl reno" in cc
 
@@ -148,10 +155,10 @@ def test_reconfigure_changes_rtt_and_rate_in_place(netns_testbed):
     tb = netns_testbed(dumbbell_yaml(name))
     rx = tb.host("rx").address
     link.reconfigure(tb, rate_bps=20e6, rtt_s=0.040, buffer="2bdp")
-    assert 39 < statistics.mean(ping_rtts(tb, "s1", rx, 3, 0.1)) < 43
+    assert rtt_is(ping_rtts(tb, "s1", rx, 5, 0.1), 40.0)
     htb = tb.run("r1", ["tc", "class", "show", "dev", "e-rx"]).stdout
     assert "rate 20Mbit" in htb, htb
     assert tb.bottleneck.buffer_bytes == 200000  # 2 x 20 Mbit/s x 40 ms
     assert [p.tag for p in tb.processes] == ["delayline"]
     link.reconfigure(tb, rate_bps=50e6, rtt_s=0.020, buffer="1.5bdp")
-    assert 19 < statistics.mean(ping_rtts(tb, "s1", rx, 3, 0.1)) < 22
+    assert rtt_is(ping_rtts(tb, "s1", rx, 5, 0.1), 20.0)

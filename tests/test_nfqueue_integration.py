@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -216,13 +217,32 @@ def test_codel_acts_per_packet_at_dequeue(dumbbell, tmp_path):
     assert len(drops) > 0 and c_p50 < 30.0  # CoDel holds the standing queue near 5 ms
 
 
+def nfq_drops(tb) -> int:
+    """Packets the kernel's NFQUEUE queues in the router dropped so far (queue full, or the
+    process could not take them: queue_dropped + user_dropped, all queues)."""
+    text = tb.run("r1", ["cat", "/proc/net/netfilter/nfnetlink_queue"], check=False).stdout
+    rows = [f for f in (line.split() for line in text.splitlines()) if len(f) >= 7]
+    assert len(rows) >= 2, text  # the delay line's queues and the link's are bound
+    return sum(int(f[5]) + int(f[6]) for f in rows)
+
+
 def test_killed_link_is_reported_and_cleaned(dumbbell, tmp_path):
     tb = dumbbell()
     dp = NfqueueDatapath(tb)
     dp.start(policies.make("dualpi2", {}), tmp_path)
+    before = nfq_drops(tb)
     ping = tb.run("s1", ["ping", "-c", "200", "-i", "0.01", "-q", tb.host("rx").address], check=False)
-    assert " 0% packet loss" in ping.stdout, ping.stdout
+    kernel_drops = nfq_drops(tb) - before
     time.sleep(1.2)  # parts are flushed at least every second
+    # Through two NFQUEUE processes (delay line, link) on a loaded machine a ping can be lost
+    # where a queue overflowed or the link dropped it: not "0% loss" (luck), but every loss
+    # explained by a counter, and the path carrying almost everything
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", ping.stdout)
+    assert m, ping.stdout
+    lost = int(m[1]) - int(m[2])
+    pkts = read(tmp_path / "telemetry" / "packets")
+    link_drops = int(((pkts.proto == 1) & (pkts.action == 1)).sum())
+    assert lost <= kernel_drops + link_drops and lost <= 10, (ping.stdout, kernel_drops, link_drops)
     os.kill(dp.proc.pid, signal.SIGKILL)
     dp.proc.wait()
     # what was flushed before the kill survives it

@@ -91,3 +91,28 @@ def test_bad_values_name_the_key():
         CodelParams.from_args({"interval_ms": "0"})
     with pytest.raises(ParamError, match="ecn"):
         CodelParams.from_args({"ecn": "maybe"})
+
+
+def test_a_packet_dequeued_exactly_at_drop_next_is_dropped():
+    """RFC 8289 dequeue(): `while (now >= drop_next && dropping)` drop: at drop_next, not after."""
+    pol = Codel()
+    run(pol, lambda t: 0.010, T0, T0 + 0.2)  # above target: dropping, count 1 or more
+    assert pol.dropping
+    due = pol.drop_next
+    assert pol.on_dequeue("classic", 0.010, due - 1e-6, 100_000) is Action.ENQUEUE
+    count = pol.count
+    assert pol.on_dequeue("classic", 0.010, due, 100_000) is Action.DROP and pol.count == count + 1
+
+
+def test_a_drop_state_re_entered_soon_reuses_a_count_delta_of_two():
+    """RFC 8289: `if (delta > 1 && now - drop_next < 16 * interval) count = delta`: a delta
+    of exactly 2 is reused, a delta of 1 restarts from 1."""
+    for delta, expect in ((2, 2), (1, 1)):
+        pol = Codel()
+        pol.count, pol.lastcount, pol.drop_next = 5 + delta, 5, T0  # the last episode's state
+        assert pol._enter_dropping(T0 + 0.02) is Action.DROP  # 20 ms later: "soon"
+        assert pol.count == expect
+
+
+def test_the_queue_shape_carries_the_limit():
+    assert Codel(CodelParams(limit=123)).queue_config().limit_pkts == 123

@@ -114,3 +114,55 @@ def test_bad_values_name_the_key():
         PieParams.from_args({"mark_ecnth": "1.5"})
     with pytest.raises(ParamError, match="target_ms"):
         PieParams.from_args({"target_ms": "fast"})
+
+
+# RFC 8033 section 4.2, calculate_drop_prob(): the increment alpha*(qdelay - ref) +
+# beta*(qdelay - qdelay_old) is divided by 2048, 512, 128, 32, 8 or 2 while drop_prob is below
+# 1e-6, 1e-5, 1e-4, 1e-3, 1e-2 or 1e-1 (and not at all above).
+@pytest.mark.parametrize("drop_prob,divisor", [
+    (0.0, 2048), (5e-7, 2048), (1e-6, 512), (5e-6, 512), (5e-5, 128), (1e-4, 32), (5e-4, 32),
+    (5e-3, 8), (0.01, 2), (0.05, 2), (0.1, 1), (0.5, 1)])
+def test_autotuning_divides_the_increment_by_the_rfc_band(drop_prob, divisor):
+    pol = Pie()
+    pol.drop_prob, pol.qdelay_old = drop_prob, 0.031  # qdelay stays 31 ms: no beta term
+    pol.update(qs(31))
+    assert pol.drop_prob - drop_prob == pytest.approx(0.125 * 0.016 / divisor, rel=1e-9)
+
+
+def test_cap_drop_limits_an_increment_of_just_over_2_percent():
+    """RFC 8033: `if (drop_prob >= 0.1 && p > 0.02) p = 0.02`, also for a p of 0.025."""
+    pol = Pie()
+    pol.drop_prob, pol.qdelay_old = 0.15, 0.215
+    pol.update(qs(215))  # alpha * 0.2 s = 0.025
+    assert pol.drop_prob == pytest.approx(0.17)
+    below = Pie()
+    below.drop_prob, below.qdelay_old = 0.09, 0.215  # below 10%: not capped
+    below.update(qs(215))
+    assert below.drop_prob == pytest.approx(0.09 + 0.025 / 2)
+
+
+@pytest.mark.parametrize("ms,refills", [(6.0, True), (10.0, False)])
+def test_burst_allowance_refills_only_below_half_the_target(ms, refills):
+    """RFC 8033: burst_allowance = MAX_BURST when drop_prob == 0 and both qdelay and
+    qdelay_old are below QDELAY_REF/2 (7.5 ms); otherwise it keeps running down."""
+    pol = Pie()
+    pol.burst_allowance_ms, pol.qdelay_old = 30.0, ms / 1e3
+    pol.update(qs(ms))
+    assert pol.drop_prob == 0
+    assert pol.burst_allowance_ms == (150.0 if refills else 15.0)
+
+
+def test_no_early_drop_safeguard_stops_at_20_percent():
+    """RFC 8033 drop_early(): no drop while qdelay_old < QDELAY_REF/2 and drop_prob < 20%; at
+    25% the probability applies even on a short queue."""
+    pol = Pie(PieParams(max_burst_ms=0))
+    pol.drop_prob = 0.25
+    d = pol.update(qs(2)).classic
+    assert d.p_drop == pytest.approx(pol.drop_prob) and pol.drop_prob > 0.2
+
+
+def test_zero_target_or_interval_is_refused_and_a_one_packet_limit_accepted():
+    for key in ("target_ms", "tupdate_ms"):
+        with pytest.raises(ParamError, match=key):
+            PieParams.from_args({key: "0"})
+    assert PieParams.from_args({"limit": "1"}).limit == 1

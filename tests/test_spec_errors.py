@@ -102,3 +102,19 @@ def test_shipped_testbeds_are_valid():
     for f in files:
         spec = specmod.load(f)
         assert spec.scenario is not None and spec.scenario.flows
+
+
+@pytest.mark.parametrize("where", ["host", "settings"])
+@pytest.mark.parametrize("key,value,words", [("user", "Bad User", "user name like 'root'"),
+                                             ("port", 0, "port between 1 and 65535"),
+                                             ("port", 65536, "port between 1 and 65535")])
+def test_ssh_user_and_port_are_checked_in_both_places(where, key, value, words):
+    """A host's own ssh settings and the top-level ones share one check each."""
+    from pydantic import ValidationError
+
+    from orchestrator.spec.ssh import SshHost, SshSettings
+
+    cls, base = (SshHost, {"address": "10.0.0.1"}) if where == "host" else (SshSettings, {})
+    with pytest.raises(ValidationError, match=words):
+        cls(**base, **{key: value})
+    cls(**base, **{key: "root" if key == "user" else 22})  # a good value passes

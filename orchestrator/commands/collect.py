@@ -16,19 +16,28 @@ from orchestrator.errors import POLICY_ERRORS, UserError
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Collection directory (reused to resume).")
 @click.option("--testbed", "name", help="Testbed name (default: the only one up).")
-def collect(matrix: str, out: str, name: str | None) -> None:
+@click.option("--shard", default="0/1", show_default=True, metavar="I/N",
+              help="Run only shard I of N (points whose index modulo N is I): one per machine, then "
+                   "`testbed pool build` merges their pools (playbooks/collect.yml does both).")
+def collect(matrix: str, out: str, name: str | None, shard: str) -> None:
     """Run the matrix's training scenarios with exploring behaviour policies; write a pool."""
     from orchestrator import providers
     from orchestrator.commands.view import RunProgress
     from orchestrator.experiment import collect as col
     from orchestrator.experiment.points import is_complete
 
+    try:
+        part = col.parse_shard(shard)
+    except ValueError as e:
+        raise UserError(f"--shard: {e}") from None
     tb = providers.load(name)
-    state = col.start(matrix, Path(out))
-    todo = [p for p in state["points"] if not p["held_out"] and not is_complete(p)]
-    click.echo(f"{len(todo)} scenarios to run, {sum(p['held_out'] for p in state['points'])} held out")
+    state = col.start(matrix, Path(out), part)
+    todo = [p for i, p in enumerate(state["points"])
+            if not p["held_out"] and not is_complete(p) and col.in_shard(i, part)]
+    click.echo(f"{len(todo)} scenarios to run in shard {part[0]}/{part[1]}, "
+               f"{sum(p['held_out'] for p in state['points'])} held out")
     with RunProgress() as progress:
-        pool = col.collect(tb, Path(out), progress.update)
+        pool = col.collect(tb, Path(out), progress.update, part)
     click.echo(f"pool: {pool}")
 
 

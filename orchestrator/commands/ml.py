@@ -126,12 +126,22 @@ def train(ctx: click.Context, **values: Any) -> None:
 @click.option("--seed", type=int, help="[0]")
 @click.option("--early-exit-layers", type=int, help="Teacher depth (a trained exit). [0: all]")
 @click.option("--threads", type=int, help="[2]")
+@click.option("--no-teacher", is_flag=True, default=None,
+              help="The no-LLM ablation: fit the same MLP to the pool's own decisions (no checkpoint).")
 @click.pass_context
 def distill(ctx: click.Context, **values: Any) -> None:
     """Distil an AQM-LLM checkpoint into the small aqm-llm-student policy."""
     from orchestrator.spec.mlconfig import DistillConfig
 
     c = _settings(ctx, DistillConfig, values["config"], values)
+    if c.no_teacher:
+        if not c.pool or not c.out or c.checkpoint:
+            raise UserError("distill --no-teacher needs a pool and an out directory, and no checkpoint")
+        from policies.aqm_llm.distill import clone_pool
+
+        result = clone_pool(list(c.pool), c.out, steps=c.steps, hidden=tuple(c.hidden), seed=c.seed)
+        click.echo(json.dumps(result, indent=1))
+        return
     if not c.checkpoint or not c.pool or not c.out:
         raise UserError("distill needs a checkpoint, a pool and an out directory "
                         "(options, or keys of the --config file)")

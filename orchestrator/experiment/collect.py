@@ -168,13 +168,14 @@ def _save(out: Path, state: dict[str, Any]) -> None:
     results.write_json(out / "collect.json", state)
 
 
-def start(matrix_path: str | Path, out: Path) -> dict[str, Any]:
+def start(matrix_path: str | Path, out: Path, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
     """Create (or reopen, to resume) a collection directory."""
     if (out / "collect.json").exists():
         return _state(out)
     matrix = load_matrix(matrix_path)
     out.mkdir(parents=True, exist_ok=True)
-    state = {"matrix": matrix.model_dump(), "points": plan(matrix), "evaluations": []}
+    state = {"matrix": matrix.model_dump(), "points": plan(matrix), "evaluations": [],
+             "shard": list(shard)}
     _save(out, state)
     return state
 
@@ -185,24 +186,48 @@ def _no_override(point: dict[str, Any]) -> dict[str, Any]:
     return point.get("link_dynamics") or {}
 
 
-def collect(tb: Testbed, out: Path, progress: Callable[[str, float], None] | None = None) -> Path:
-    """Run every training scenario not yet run; write <out>/pool.parquet."""
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' -> (I, N): this machine runs shard I (0-based) of N. ValueError says the form."""
+    head, sep, tail = text.partition("/")
+    if not sep or not head.strip().isdigit() or not tail.strip().isdigit():
+        raise ValueError(f"expected I/N with whole numbers, like 0/4, got {text!r}")
+    i, n = int(head), int(tail)
+    if not 0 <= i < n:
+        raise ValueError(f"expected 0 <= I < N, got {text!r}")
+    return i, n
+
+
+def in_shard(index: int, shard: tuple[int, int]) -> bool:
+    """Point `index` of the plan belongs to shard (I, N) when index % N == I. Every machine
+    plans the same matrix with the same seed, so the shards partition the points exactly."""
+    return index % shard[1] == shard[0]
+
+
+def collect(tb: Testbed, out: Path, progress: Callable[[str, float], None] | None = None,
+            shard: tuple[int, int] = (0, 1)) -> Path:
+    """Run every training scenario of this shard not yet run; write <out>/pool.parquet (the
+    shard's pool; `testbed pool build` merges the shards' pools)."""
     from policies.aqm_llm.dataset import build_pool
 
     points = PointFile(out / "collect.json")
     state = points.read()
     matrix = Matrix.model_validate(state["matrix"])
+    recorded = state.get("shard")
+    if recorded is not None and tuple(recorded) != shard:
+        raise UserError(f"{out}: collected as shard {recorded[0]}/{recorded[1]}, not {shard[0]}/{shard[1]}; "
+                        "use another --out for another shard")
     for i, point in enumerate(state["points"]):
-        if point["held_out"] or is_complete(point):
+        if point["held_out"] or is_complete(point) or not in_shard(i, shard):
             continue
         config = RunConfig(policy=point["behaviour"], datapath=matrix.datapath, seed=point["seed"],
                            results_root=out / "runs", explore=matrix.exploration,
                            label={"scenario": point["name"]}, link_dynamics=_no_override(point))
         run_point(points, i, Run(tb, scenario_of(point, tb, matrix.duration), config), _link(point),
                   progress)
-    runs = [out / "runs" / p["run"] for p in points.points() if is_complete(p) and not p["held_out"]]
+    runs = [out / "runs" / p["run"] for i, p in enumerate(points.points())
+            if is_complete(p) and not p["held_out"] and in_shard(i, shard)]
     if not runs:
-        raise UserError("no training runs: every scenario is held out")
+        raise UserError("no training runs: every scenario of this shard is held out")
     return build_pool(runs, out / "pool.parquet")
 
 
@@ -213,21 +238,31 @@ def evaluate(tb: Testbed, out: Path, policies: list[tuple[str, dict[str, Any]]],
     state = evaluations.read()
     matrix = Matrix.model_validate(state["matrix"])
     done = {(e["scenario"], e["policy"], e["repeat"]) for e in state["evaluations"] if is_complete(e)}
+    labels = [spec_label(name, args) for name, args in policies]
     for point in (p for p in state["points"] if p["held_out"]):
-        for (name, args), rep in itertools.product(policies, range(repeat)):
-            if (point["name"], name, rep) in done:
+        runs = itertools.product(zip(policies, labels, strict=True), range(repeat))
+        for ((name, args), label), rep in runs:
+            if (point["name"], label, rep) in done:
                 continue
             config = RunConfig(policy=name, policy_args=args, datapath=matrix.datapath,
                                seed=1000 + rep, results_root=out / "eval",
                                label={"scenario": point["name"], "repeat": rep},
                                link_dynamics=_no_override(point))
             run = Run(tb, scenario_of(point, tb, matrix.duration), config)
-            index = evaluations.append({"scenario": point["name"], "policy": name, "repeat": rep,
+            index = evaluations.append({"scenario": point["name"], "policy": label, "repeat": rep,
                                         "run": None, "status": "pending"})
             run_point(evaluations, index, run, _link(point), progress)
-            done.add((point["name"], name, rep))
-    return [e for e in evaluations.points()
-            if is_complete(e) and any(e["policy"] == n for n, _ in policies)]
+            done.add((point["name"], label, rep))
+    return [e for e in evaluations.points() if is_complete(e) and e["policy"] in labels]
+
+
+def spec_label(name: str, args: dict[str, Any]) -> str:
+    """How an evaluated policy is named in collect.json and the table: its name, with its
+    arguments when it has any, so that two settings of one policy (the shipped student and
+    another checkpoint) are two rows, not one row whose second half was never run."""
+    if not args:
+        return name
+    return name + ":" + ",".join(f"{k}={args[k]}" for k in sorted(args))
 
 
 def _link(point: dict[str, Any]) -> dict[str, Any]:

@@ -78,6 +78,7 @@ class DistillConfig(BaseModel):
     seed: int = 0
     early_exit_layers: int = Field(0, ge=0)
     threads: int = Field(2, ge=1)
+    no_teacher: bool = False  # the no-LLM ablation: learn the pool's own decisions
 
     _lists = field_validator("pool", "hidden", mode="before")(_list)
 

@@ -21,6 +21,18 @@ IFACE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,14}$")
 SAFE_PATH = re.compile(r"^[^\s'\"%\\]+$")
 
 
+
+def _check_user(v: str | None) -> str | None:
+    if v is not None and not SSH_USER.fullmatch(v):
+        raise ValueError(f"expected a user name like 'root', got {v!r}")
+    return v
+
+
+def _check_port(v: int | None) -> int | None:
+    if v is not None and not 1 <= v <= 65535:
+        raise ValueError(f"expected a port between 1 and 65535, got {v}")
+    return v
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -53,19 +65,8 @@ class SshHost(Strict):
             raise ValueError(f"expected an IP address or host name, got {v!r}")
         return v
 
-    @field_validator("user")
-    @classmethod
-    def _user(cls, v: str | None) -> str | None:
-        if v is not None and not SSH_USER.fullmatch(v):
-            raise ValueError(f"expected a user name like 'root', got {v!r}")
-        return v
-
-    @field_validator("port")
-    @classmethod
-    def _port(cls, v: int | None) -> int | None:
-        if v is not None and not 1 <= v <= 65535:
-            raise ValueError(f"expected a port between 1 and 65535, got {v}")
-        return v
+    _user = field_validator("user")(_check_user)
+    _port = field_validator("port")(_check_port)
 
     @field_validator("key_file", "python")
     @classmethod
@@ -106,19 +107,8 @@ class SshSettings(Strict):
     install_project: bool = False  # copy this checkout to project_dir and make a venv there
     install_packages: bool = False  # install missing iperf3/tcpdump/ethtool with the OS's tool
 
-    @field_validator("user")
-    @classmethod
-    def _user(cls, v: str) -> str:
-        if not SSH_USER.fullmatch(v):
-            raise ValueError(f"expected a user name like 'root', got {v!r}")
-        return v
-
-    @field_validator("port")
-    @classmethod
-    def _port(cls, v: int) -> int:
-        if not 1 <= v <= 65535:
-            raise ValueError(f"expected a port between 1 and 65535, got {v}")
-        return v
+    _user = field_validator("user")(_check_user)
+    _port = field_validator("port")(_check_port)
 
     @field_validator("key_file", "known_hosts", "remote_dir", "project_dir", "project_python")
     @classmethod

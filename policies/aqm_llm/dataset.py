@@ -68,17 +68,25 @@ def read_run(run: Path) -> pd.DataFrame:
 def load_pool(paths: Sequence[str | Path]) -> pd.DataFrame:
     """Rows from pool files (*.parquet with an `episode` column) and/or run directories."""
     frames = []
+    seen: dict[str, Path] = {}  # episode -> where it came from
     for path in paths:
         p = Path(path)
         if p.is_file():
-            frame = pd.read_parquet(p)
-            if "episode" not in frame:
+            new = [pd.read_parquet(p)]
+            if "episode" not in new[0]:
                 raise UserError(f"{p}: a pool file needs an 'episode' column")
-            frames.append(frame)
         elif p.exists():
-            frames += [read_run(run) for run in find_runs(p)]
+            new = [read_run(run) for run in find_runs(p)]
         else:
             raise UserError(f"{p}: no such pool file or run directory")
+        # the same episode from two places (two shards' pools that share a run, or a run and a
+        # pool holding it) would be counted twice, or merged into one nonsense episode
+        for episode in {str(e) for frame in new for e in frame["episode"].unique()}:
+            if episode in seen:
+                raise UserError(f"episode {episode!r} is in both {seen[episode]} and {p}: give each "
+                                "run once (merge the shards' pools, not their runs as well)")
+            seen[episode] = p
+        frames += new
     if not frames:
         raise UserError("no pool given")
     return check(pd.concat(frames, ignore_index=True))

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from policies.aqm_llm import dataset as D
+from policies.aqm_llm import features as F
 from policies.aqm_llm.coupled import log_errors, median
 from policies.aqm_llm.features import from_rows
 from policies.aqm_llm.model import soft_cross_entropy
@@ -113,6 +114,27 @@ def distill(checkpoint: str | Path, pool: pd.DataFrame | str | Path | Sequence[s
     student = Student({k: v for i, (w, b) in enumerate(weights) for k, v in ((f"w{i}", w), (f"b{i}", b))},
                       teacher.stats)
     meta = {"teacher": str(checkpoint), "teacher_settings": teacher.settings,
+            "states": len(labels["x"]), "steps": steps, "seed": seed, **metrics}
+    student.save(out, meta)
+    return {"out": str(out), **meta}
+
+
+def clone_pool(pool: pd.DataFrame | str | Path | Sequence[str | Path], out: str | Path, steps: int = 2000,
+               hidden: Sequence[int] = (64, 64), seed: int = 0) -> dict[str, Any]:
+    """The no-LLM ablation (issue 14): the student's MLP trained on the pool's own recorded
+    decisions (behaviour cloning), with no LLM anywhere. Beside AQM-LLM and its student in
+    `testbed evaluate` it answers whether the LLM adds anything on unseen scenarios. Its
+    normalisation statistics are fitted on every episode of the pool (the LLM's on its
+    training episodes): they are scales, not labels."""
+    frame = D.as_frame(pool)
+    eps, raw = D.to_episodes(frame, gamma=0.98)  # gamma is unused: no return conditioning
+    stats = F.NormStats.fit(raw, eps.rtg)
+    labels = {"x": student_inputs(stats.apply(raw)), "p": eps.actions.astype(np.float32),
+              "episode": np.repeat(np.arange(len(eps.names)), eps.end - eps.start)}
+    weights, metrics = fit_student(labels, hidden, steps, seed=seed)
+    student = Student({k: v for i, (w, b) in enumerate(weights) for k, v in ((f"w{i}", w), (f"b{i}", b))},
+                      stats)
+    meta = {"teacher": "none: the pool's recorded decisions (behaviour cloning, no LLM)",
             "states": len(labels["x"]), "steps": steps, "seed": seed, **metrics}
     student.save(out, meta)
     return {"out": str(out), **meta}

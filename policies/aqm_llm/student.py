@@ -119,6 +119,8 @@ class StudentParams(Params):
     checkpoint: str = field(default="", metadata={"help": "student directory (testbed distill --out); "
                                                           "empty: the shipped models/aqm-llm-student"})
     l4s_step_ms: float = field(default=1.0, metadata={"help": "L4S step-mark threshold in ms; 0 disables"})
+    native: bool = field(default=True, metadata={
+        "help": "decide in one C call (compiled on first use; numpy if no compiler); false: numpy"})
 
 
 class StudentPolicy(Policy):
@@ -133,6 +135,11 @@ class StudentPolicy(Policy):
         if student is None:
             student = Student.load(self.params.checkpoint or DEFAULT_STUDENT)
         self.student = student
+        self.native = None
+        if self.params.native:
+            from policies.aqm_llm.student_native import NativeStudent
+
+            self.native = NativeStudent.build(student.layers, student._mean, student._std)
         self.last_latency_s = 0.0
         self.prioritised = False
 
@@ -145,8 +152,11 @@ class StudentPolicy(Policy):
 
             self.prioritised = prioritise_control_thread() or True
         t0 = time.perf_counter()
-        logits = self.student.logits(self.student.state_input(state)).tolist()
-        decision = to_decision([_softmax(row) for row in logits], self.params.l4s_step_ms)
+        if self.native is not None:
+            probs = self.native.probs(state)
+        else:
+            probs = [_softmax(row) for row in self.student.logits(self.student.state_input(state)).tolist()]
+        decision = to_decision(probs, self.params.l4s_step_ms)
         self.last_latency_s = time.perf_counter() - t0
         return decision
 
