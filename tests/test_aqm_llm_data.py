@@ -162,7 +162,7 @@ def test_reward_clips_and_references_as_its_docstring_says():
     def r(w: RewardWeights = DEFAULT, **kw) -> float:
         return float(reward_columns(_row(**kw), w))
 
-    assert r(l4s_departure_bps=40e6, classic_departure_bps=30e6) == 1.0
+    assert r(l4s_departure_bps=40e6, classic_departure_bps=40e6) == 1.0  # equal shares: no fairness cost
     assert r(l4s_arrivals=1, classic_arrivals=0, l4s_drops=1) == pytest.approx(1 - 2)
     assert r(l4s_arrivals=2, classic_arrivals=0, l4s_drops=5) == pytest.approx(1 - 2)
     assert r(l4s_arrivals=0, classic_arrivals=0) == 1.0  # nothing arrived: no loss
@@ -172,4 +172,4 @@ def test_reward_clips_and_references_as_its_docstring_says():
         assert 1.0 - r(w, classic_sojourn_ms=10 * ref) == pytest.approx(0.2 * math.log(2))
     assert RewardWeights(**DEFAULT.to_dict()) == DEFAULT
     assert DEFAULT.to_dict() == {"delay_l4s": 0.2, "delay_classic": 0.2, "loss": 2.0, "l4s_ref_ms": 1.0,
-                                 "classic_target_ms": 15.0}
+                                 "classic_target_ms": 15.0, "fairness": 0.5}

@@ -50,6 +50,14 @@ def trained(pool, tmp_path_factory) -> dict:
                  action="coupled", **TINY)
 
 
+@pytest.fixture(scope="module")
+def trained_softmax(pool, tmp_path_factory) -> dict:
+    """The per-class softmax head (the shipped model's), trained as the coupled one is."""
+    out = tmp_path_factory.mktemp("aqmllm-softmax") / "ckpt"
+    return train(pool, out, steps=40, batch=8, lr=3e-3, val_every=20, ckpt_every=20, progress=False,
+                 **TINY)
+
+
 def perturbed(seed: int, **cfg) -> AqmLlm:
     """A tiny model whose every trainable weight is moved off its init (LoRA B starts at 0),
     with an unbiased head, so its probabilities spread over (0, 1) and differ by state."""
@@ -109,14 +117,15 @@ def test_a_reloaded_checkpoint_gives_identical_decisions(pool, stats, tmp_path):
     assert np.abs(other - before).max() > 1e-3  # the comparison can tell models apart
 
 
-def test_the_trained_checkpoint_loads_as_the_policy_and_imitates_the_pool(trained, pool):
+def test_the_trained_checkpoint_loads_as_the_policy_and_imitates_the_pool(trained_softmax, pool):
     """Checked against the pool's logged decisions (DualPI2 and PIE with exploration), not
     against the model: per episode, the deployed policy's mean drop probability follows the
     behaviour's (dropping episodes apart from calm ones), and over the pool it CE-marks the
     L4S class more than the classic one, as DualPI2's k*p' vs p'^2 does. An untrained model
     does neither (measured: drop correlations 0.33 and -0.85, marks 0.0003 in both classes;
-    the trained one: 0.96 and 0.92, L4S mark 0.073 vs classic 0.013, pool 0.098 vs 0.012)."""
-    ckpt = trained["checkpoint"].rsplit("/", 1)[0]
+    the trained one: 0.96 and 0.92 on the pool explored per class, 0.79 and 0.84 on the pool
+    explored in p' space (issue 14), where fewer explored rows drop)."""
+    ckpt = trained_softmax["checkpoint"].rsplit("/", 1)[0]
     ours, theirs = [], []
     for _, rows in D.episodes(pool):
         policy = policies.make("aqm-llm", {"checkpoint": ckpt})
@@ -124,7 +133,7 @@ def test_the_trained_checkpoint_loads_as_the_policy_and_imitates_the_pool(traine
         theirs.append(D.action_targets(rows.iloc[:60])[:, :, 1:].mean(axis=0))
     ours, theirs = np.array(ours), np.array(theirs)
     for c in (0, 1):  # l4s, classic
-        assert np.corrcoef(ours[:, c, 0], theirs[:, c, 0])[0, 1] > 0.8
+        assert np.corrcoef(ours[:, c, 0], theirs[:, c, 0])[0, 1] > 0.6
     assert theirs[:, 0, 1].mean() > 2 * theirs[:, 1, 1].mean()  # the pool's own shape
     assert ours[:, 0, 1].mean() > 2 * ours[:, 1, 1].mean()
     assert policy.queue_config().dualq and policy.last_latency_s > 0
