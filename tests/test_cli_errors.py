@@ -34,9 +34,8 @@ def one_clear_line(res: subprocess.CompletedProcess, *words: str) -> str:
 
 @pytest.fixture(scope="module")
 def testbed(tmp_path_factory):
-    """A real testbed for the `run` errors (all are refused before any traffic)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root for namespaces")
+    """A real testbed for the `run` errors (all are refused before any traffic). Every test
+    that uses it is marked needs_root (conftest): namespaces need root, and CI runs as root."""
     name = unique_name("ce")
     path = tmp_path_factory.mktemp("tb") / "tb.yaml"
     path.write_text(dumbbell_yaml(name, scenario=SCENARIO))
