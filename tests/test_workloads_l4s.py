@@ -84,7 +84,15 @@ def test_l4s_sender_sends_ect1_and_keeps_the_queue_short(marked_dumbbell, tmp_pa
         syn = rx_syn(tb, report, out=tmp_path / "l4s")
         assert syn & (AE | CWR | ECE) == AE | CWR | ECE, f"SYN flags {syn:#x} are not AccECN's"
         assert report["negotiated"]["accecn"]
-    assert mbps >= 0.8 * RATE_BPS / 1e6
+    # Scalable response (RFC 9330 s. 2.1): a steady few marks per round trip at any rate. A
+    # sender that halved on a mark, as classic ECN does, would see one mark every W/2 rounds
+    # (W = 87 packets here). Seen: 5.1 marks per RTT idle, 3.6 in a full suite at load 5-6;
+    # with the cut mutated to always halve (scalable_cc.bpf.c, alpha = MAX_ALPHA): 0.3.
+    rounds = SECONDS * 1e3 / rtt_ms
+    assert ecn.get(CE, 0) / rounds >= 1.5, f"{ecn.get(CE, 0)} marks in {rounds:.0f} rounds"
+    # Throughput near the link rate: 46.6 Mbit/s idle, but 35.6 in a CI full suite (load 5-6,
+    # where the shaper's bursts cross the 1 ms step more often), so the floor is 0.6.
+    assert mbps >= 0.6 * RATE_BPS / 1e6
     assert rtt_ms <= BASE_RTT_MS + 5
 
     report, data = one_flow(tb, tmp_path / "cubic", {"name": "cubic", "kind": "tcp", "src": "s1", "dst": "rx",
