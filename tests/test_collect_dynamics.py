@@ -66,3 +66,31 @@ def test_bad_dynamic_in_the_matrix(tmp_path) -> None:
     path.write_text(MATRIX + "dynamics:\n  - {name: t, trace: missing.trace}\n")
     with pytest.raises(SpecError, match="trace file not found"):
         collect.load_matrix(path)
+
+
+def test_held_out_points_cover_every_kind_of_link(tmp_path) -> None:
+    """With static and changing links in the matrix, the held-out scenarios come from each kind
+    in turn, so the evaluation always has both, whatever the seed."""
+    path = tmp_path / "m.yaml"
+    matrix = MATRIX.replace("held_out: 1", "held_out: 3").replace("rtt: [20ms]", "rtt: [10ms, 20ms, 50ms]")
+    path.write_text(matrix + "dynamics:\n  - {name: static}\n"
+                    "  - {name: step, rate_factors: [[0s, 1.0], [5s, 0.5]]}\n")
+    for seed in range(8):
+        text = path.read_text()
+        path.write_text(text + f"seed: {seed}\n")
+        points = collect.plan(collect.load_matrix(path))
+        path.write_text(text)
+        held = [p for p in points if p["held_out"]]
+        kinds = sorted("changing" if p["link_dynamics"] else "static" for p in held)
+        assert len(held) == 3 and kinds.count("static") in (1, 2) and kinds.count("changing") in (1, 2), kinds
+
+
+def test_the_shipped_recipe_still_holds_out_what_it_held_out() -> None:
+    """The shipped model's held-out scenarios, as its collect.json recorded them when the pool was
+    collected, are what its recipe plans today (one kind of link: the plain draw)."""
+    import json
+
+    recorded = json.loads((ROOT / "models/aqm-llm/collect.json").read_text())
+    want = sorted(p["name"] for p in recorded["points"] if p["held_out"])
+    points = collect.plan(collect.load_matrix(ROOT / "models/aqm-llm/collect.yaml"))
+    assert sorted(p["name"] for p in points if p["held_out"]) == want

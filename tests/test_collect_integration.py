@@ -85,8 +85,10 @@ def test_collect_keeps_held_out_scenarios_out_of_the_pool(netns_testbed, tmp_pat
     state = json.loads((out / "collect.json").read_text())
     assert {e["scenario"] for e in state["evaluations"]} == held
     assert sorted(e["policy"] for e in state["evaluations"]) == ["fifo", "fifo:limit=40"]
-    table = pd.read_csv(out / "evaluation.csv", header=[0, 1], index_col=0)
-    assert set(table.index) == {"fifo", "fifo:limit=40"}
+    table = pd.read_csv(out / "evaluation.csv", header=[0, 1], index_col=[0, 1])
+    assert set(table.index) == {("static", "fifo"), ("static", "fifo:limit=40")}
+    per_scenario = pd.read_csv(out / "evaluation-scenarios.csv", header=[0, 1], index_col=[0, 1])
+    assert set(per_scenario.index) == {(s, p) for s in held for p in ("fifo", "fifo:limit=40")}
 
 
 def test_shards_partition_the_training_points(tmp_path):

@@ -72,10 +72,13 @@ def evaluate(out: str, specs: tuple[str, ...], repeat: int, name: str | None) ->
     tb = providers.load(name)
     with RunProgress() as progress:
         rows = col.evaluate(tb, Path(out), chosen, repeat, progress.update)
-    frame = col.table(Path(out), rows)
-    click.echo(frame.to_string(float_format=lambda x: f"{x:.3f}"))
-    frame.to_csv(Path(out) / "evaluation.csv")
-    click.echo(f"table: {Path(out) / 'evaluation.csv'}")
+    runs = col.records(Path(out), rows)
+    views = ((("link", "policy"), "evaluation.csv"), (("scenario", "policy"), "evaluation-scenarios.csv"))
+    for keys, name in views:
+        frame = col.table(runs, keys)
+        click.echo(frame.to_string(float_format=lambda x: f"{x:.3f}"))
+        frame.to_csv(Path(out) / name)
+        click.echo(f"table: {Path(out) / name}\n")
 
 
 COMMANDS = [collect, evaluate]

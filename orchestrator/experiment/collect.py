@@ -126,7 +126,8 @@ def plan(matrix: Matrix) -> list[dict[str, Any]]:
     grid = list(itertools.product(matrix.rate, matrix.rtt, matrix.buffer, matrix.mixes, matrix.dynamics))
     if matrix.sample:
         grid = rng.sample(grid, min(matrix.sample, len(grid)))
-    held = set(rng.sample(range(len(grid)), min(matrix.held_out, len(grid))))
+    held = _held_out(rng, ["changing" if dyn.link(r, t) else "static" for r, t, *_, dyn in grid],
+                     matrix.held_out)
     out = []
     for i, (rate, rtt, buffer, mix, dyn) in enumerate(grid):
         link_map = dyn.link(rate, rtt)
@@ -139,6 +140,24 @@ def plan(matrix: Matrix) -> list[dict[str, Any]]:
                     "behaviour": matrix.behaviours[i % len(matrix.behaviours)], "seed": matrix.seed + i,
                     "link_dynamics": dynamics.to_json() if dynamics is not None else None, "run": None})
     return out
+
+
+def _held_out(rng: random.Random, dynamics: list[str], count: int) -> set[int]:
+    """Which grid points are held out. With one kind of link, a plain sample (as the shipped
+    recipes were drawn). With static and changing links, in turn from each kind, so that the
+    evaluation covers both whatever the draw; a kind with no points left is skipped."""
+    kinds = list(dict.fromkeys(dynamics))
+    if len(kinds) < 2:
+        return set(rng.sample(range(len(dynamics)), min(count, len(dynamics))))
+    pools = {k: [i for i, d in enumerate(dynamics) if d == k] for k in kinds}
+    for members in pools.values():
+        rng.shuffle(members)
+    held: set[int] = set()
+    while len(held) < min(count, len(dynamics)):
+        for k in kinds:
+            if pools[k] and len(held) < count:
+                held.add(pools[k].pop())
+    return held
 
 
 def flows_for(point: dict[str, Any], tb: Testbed) -> list[FlowSpec]:
@@ -270,11 +289,16 @@ def _link(point: dict[str, Any]) -> dict[str, Any]:
     return {k: point[k] for k in LINK_KEYS}
 
 
-def table(out: Path, rows: list[dict[str, Any]]) -> Any:
-    """Per policy: mean and spread (std over runs) of the columns the evaluation reports."""
+COLUMNS = ["l4s_p50", "l4s_p99", "c_p50", "c_p99", "utilization", "jain", "l4s_c_ratio", "missed"]
+
+
+def records(out: Path, rows: list[dict[str, Any]]) -> Any:
+    """One row per evaluation run: its scenario, whether the link changed, the policy, and the
+    figures the evaluation reports (from the run's summary.json)."""
     import pandas as pd
 
-    records = []
+    points = {p["name"]: p for p in PointFile(out / "collect.json").points()}
+    found = []
     for row in rows:
         path = out / "eval" / row["run"] / "summary.json"
         if not path.exists():
@@ -282,17 +306,26 @@ def table(out: Path, rows: list[dict[str, Any]]) -> Any:
         s = results.read_json(path)
         qd = s.get("queue_delay_ms") or {}
         lq, cq = qd.get("l4s") or {}, qd.get("classic") or {}
-        records.append({"policy": row["policy"], "scenario": row["scenario"],
-                        "l4s_p50": lq.get("p50"), "l4s_p99": lq.get("p99"),
-                        "c_p50": cq.get("p50"), "c_p99": cq.get("p99"),
-                        "utilization": s.get("utilization"), "jain": s.get("jain_index"),
-                        "l4s_c_ratio": s.get("l4s_classic_rate_ratio"),
-                        "missed": s.get("missed_deadlines") or 0})
-    frame = pd.DataFrame.from_records(records)
+        point = points.get(row["scenario"], {})
+        link = "changing" if point.get("link_dynamics") else "static"
+        found.append({"link": link, "policy": row["policy"], "scenario": row["scenario"],
+                      "l4s_p50": lq.get("p50"), "l4s_p99": lq.get("p99"),
+                      "c_p50": cq.get("p50"), "c_p99": cq.get("p99"),
+                      "utilization": s.get("utilization"), "jain": s.get("jain_index"),
+                      "l4s_c_ratio": s.get("l4s_classic_rate_ratio"),
+                      "missed": s.get("missed_deadlines") or 0})
+    frame = pd.DataFrame.from_records(found)
+    if not frame.empty:
+        frame[COLUMNS] = frame[COLUMNS].astype(float)
+    return frame
+
+
+def table(frame: Any, keys: tuple[str, ...] = ("link", "policy")) -> Any:
+    """Mean and spread (std over runs) of each column per group. By default static and changing
+    links apart: a learned AQM is meant to win on the second, and one mean over both would hide
+    where it wins or loses; ("scenario", "policy") gives the per-scenario view."""
     if frame.empty:
         return frame
-    cols = ["l4s_p50", "l4s_p99", "c_p50", "c_p99", "utilization", "jain", "l4s_c_ratio", "missed"]
-    frame[cols] = frame[cols].astype(float)
-    agg = frame.groupby("policy")[cols].agg(["mean", "std"])
-    agg["runs"] = frame.groupby("policy").size()
+    agg = frame.groupby(list(keys))[COLUMNS].agg(["mean", "std"])
+    agg["runs"] = frame.groupby(list(keys)).size()
     return agg
