@@ -267,3 +267,33 @@ def test_control_loop_rows_rebuild_the_features_the_policy_saw(pool, stats, tmp_
         np.testing.assert_allclose(f.scalars[0], rebuilt.scalars[i], rtol=1e-9)
         np.testing.assert_allclose(f.series[0], rebuilt.series[i], rtol=1e-9)
     assert np.allclose(rows["reward"], reward_columns(rows))
+
+
+def test_blanked_action_tokens_carry_no_action(pool, stats):
+    """Action-token dropout (issue 14, item 3): a blanked token says nothing of the action, so
+    the outputs cannot depend on it; kept tokens are the plain forward."""
+    model = perturbed(seed=3)
+    eps = D.prepare(pool, gamma=0.98)[0]
+    b = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in
+         eps.gather(np.array([0, 5]), TINY["window"], stats).items()}
+    other = dict(b, actions=torch.rand_like(b["actions"]))
+    blank = torch.zeros(b["actions"].shape[:2])
+    with torch.no_grad():
+        plain, kept = model(**b), model(**b, action_keep=torch.ones_like(blank))
+        a, z = model(**b, action_keep=blank), model(**other, action_keep=blank)
+        moved = model(**other)
+    depth = max(plain)
+    torch.testing.assert_close(plain[depth], kept[depth])
+    torch.testing.assert_close(a[depth], z[depth])
+    assert (moved[depth] - plain[depth]).abs().max() > 1e-4  # the actions do matter when kept
+
+
+def test_action_dropout_trains_differently_and_still_resumes_exactly(pool, tmp_path):
+    args = {"batch": 4, "lr": 1e-3, "val_every": 100, "ckpt_every": 2, "progress": False, **TINY}
+    whole = train(pool, tmp_path / "a", steps=4, action_dropout=0.5, **args)
+    train(pool, tmp_path / "b", steps=2, action_dropout=0.5, **args)
+    resumed = train(pool, tmp_path / "b", steps=4, action_dropout=0.5, **args)
+    plain = train(pool, tmp_path / "c", steps=4, **args)
+    losses = [[h["train_loss"] for h in r["history"] if "train_loss" in h] for r in (whole, resumed, plain)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert losses[0][0] != pytest.approx(losses[2][0], rel=1e-6)  # the dropout reached the step

@@ -73,6 +73,8 @@ def _settings(ctx: click.Context, kind: type, config: str | None, values: dict[s
               help="Discount returns per second with this horizon (s), not gamma per row. [0: gamma]")
 @click.option("--learn-explored/--skip-explored", default=None,
               help="Learn the explored steps' actions too, or keep them as context only. [learn]")
+@click.option("--action-dropout", type=float,
+              help="Share of context action tokens blanked in training (0-1). [0]")
 @click.option("--action", type=click.Choice(["softmax", "coupled"]),
               help="Action head: softmax (per-class enqueue/drop/mark) or coupled (log10 p' + "
                    "gate + k, DualPI2's coupling built in). [softmax]")
@@ -101,7 +103,7 @@ def train(ctx: click.Context, **values: Any) -> None:
     torch.set_num_threads(c.threads)
     result = do_train(list(c.pool), c.out, steps=c.steps, batch=c.batch, lr=c.lr, seed=c.seed,
                       window=c.window, gamma=c.gamma, horizon_s=c.horizon_s, lora_rank=c.lora_rank,
-                      learn_explored=c.learn_explored,
+                      learn_explored=c.learn_explored, action_dropout=c.action_dropout,
                       lora_alpha=c.lora_alpha,
                       backbone=c.backbone, resume=c.resume, lora_targets=tuple(c.lora_targets),
                       full_finetune=c.full_finetune, layers=c.layers, exits=tuple(c.exits), action=c.action,

@@ -45,6 +45,9 @@ class TrainConfig(BaseModel):
     horizon_s: float = Field(0.0, ge=0)
     # false: steps where the behaviour explored stay in the context but are not targets
     learn_explored: bool = True
+    # share of the context's action tokens blanked in training, so the model cannot just copy
+    # the previous action (issue 14, item 3; train.py)
+    action_dropout: float = Field(0.0, ge=0, lt=1)
     lora_rank: int = Field(8, ge=0)
     lora_alpha: int = Field(16, ge=1)
     lora_targets: list[str] = ["q_proj", "v_proj"]

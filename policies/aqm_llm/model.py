@@ -119,19 +119,23 @@ class AqmLlm(nn.Module):
 
     # ---- training: whole windows
     def embed(self, rtg: torch.Tensor, scalars: torch.Tensor, series: torch.Tensor, mask: torch.Tensor,
-              actions: torch.Tensor) -> torch.Tensor:
-        """[B, K] windows of returns, states, actions -> [B, K * TOKENS_PER_STEP, width]"""
-        tokens = [self.rtg_embed(rtg).unsqueeze(2), self.encoder(scalars, series, mask),
-                  self.action_embed(actions).unsqueeze(2)]
+              actions: torch.Tensor, action_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, K] windows of returns, states, actions -> [B, K * TOKENS_PER_STEP, width];
+        `action_keep` [B, K] (training only): 0 blanks that step's action token (train.py)."""
+        acts = self.action_embed(actions)
+        if action_keep is not None:
+            acts = acts * action_keep.unsqueeze(-1)
+        tokens = [self.rtg_embed(rtg).unsqueeze(2), self.encoder(scalars, series, mask), acts.unsqueeze(2)]
         return torch.cat(tokens, dim=2).flatten(1, 2)
 
     def forward(self, rtg: torch.Tensor, scalars: torch.Tensor, series: torch.Tensor, mask: torch.Tensor,
-                actions: torch.Tensor, **_: Any) -> dict[int, torch.Tensor]:
+                actions: torch.Tensor, action_keep: torch.Tensor | None = None,
+                **_: Any) -> dict[int, torch.Tensor]:
         """Head outputs of each step's action, per exit depth: logits [B, K, 2, 3] (softmax)
         or raw [B, K, 3] (coupled); `probs` turns either into probabilities."""
         if bb.n_layers(self.decoder) != self.depth:
             raise RuntimeError("forward() runs every trained exit: call set_exit(model.depth) first")
-        out = self.backbone(inputs_embeds=self.embed(rtg, scalars, series, mask, actions),
+        out = self.backbone(inputs_embeds=self.embed(rtg, scalars, series, mask, actions, action_keep),
                             output_hidden_states=len(self.exits) > 1)
         logits = {}
         for e in self.exits:
