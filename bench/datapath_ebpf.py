@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from machine import SPEC, busy_rate, machine_cpu_s  # noqa: E402
+
 import policies  # noqa: E402
 from orchestrator.bottleneck.ebpf import PIN_SUBDIR, EbpfDatapath  # noqa: E402
 from orchestrator.providers import netns  # noqa: E402
@@ -52,28 +53,6 @@ RATES_MBIT = [500, 1000, 1500, 2000, 3000, 4000, 5000, 6000, 8000]
 PORT = 5401
 LOSS_FREE = 1e-4
 STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
-
-SPEC = """name: {name}
-hosts:
-  - {{name: s1, role: sender}}
-  - {{name: r1, role: router}}
-  - {{name: rx, role: receiver}}
-links:
-  - {{a: s1, b: r1}}
-  - {{a: r1, b: rx, bottleneck: {{rate: 40gbit, rtt: 0ms, buffer: 10000}}}}
-"""
-
-
-def machine_cpu_s() -> float:
-    f = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-    return (sum(f) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
-
-
-def busy_rate(seconds: float = 1.0) -> float:
-    c0, t0 = machine_cpu_s(), time.monotonic()
-    time.sleep(seconds)
-    return (machine_cpu_s() - c0) / (time.monotonic() - t0)
-
 
 def bpf_run_ns(prog_ids: list[int]) -> tuple[int, int]:
     """(total run time ns, runs) of the programs, from bpf_stats."""
@@ -185,7 +164,7 @@ def main() -> None:
     ap.add_argument("--flows", type=int, default=2)
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
-    tb = netns.up(specmod.parse(SPEC.format(name=f"ebb{uuid.uuid4().hex[:4]}")))
+    tb = netns.up(specmod.parse(SPEC.format(rate="40gbit", name=f"ebb{uuid.uuid4().hex[:4]}")))
     stats_before = STATS_SYSCTL.read_text().strip()
     try:
         htb = ladder(tb, "HTB alone (baseline shaper)", rates, args.seconds, args.flows, [])

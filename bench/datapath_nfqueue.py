@@ -40,6 +40,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from machine import SPEC, busy_rate, machine_cpu_s  # noqa: E402
+
 import policies  # noqa: E402
 from orchestrator.bottleneck.nfqueue import NfqueueDatapath  # noqa: E402
 from orchestrator.providers import netns  # noqa: E402
@@ -50,30 +52,6 @@ RATES_MBIT = [100, 200, 400, 600, 800, 1000, 1200, 1500, 2000, 2500, 3000, 4000]
 PORT = 5301
 LOSS_FREE = 1e-4  # fraction of packets
 WIRE = 1514
-
-SPEC = """name: {name}
-hosts:
-  - {{name: s1, role: sender}}
-  - {{name: r1, role: router}}
-  - {{name: rx, role: receiver}}
-links:
-  - {{a: s1, b: r1}}
-  - {{a: r1, b: rx, bottleneck: {{rate: 10gbit, rtt: 0ms, buffer: 10000}}}}
-"""
-
-
-def machine_cpu_s() -> float:
-    """All non-idle CPU seconds on this machine so far."""
-    f = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-    return (sum(f) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
-
-
-def busy_rate(seconds: float = 1.0) -> float:
-    """CPU seconds per second the machine spends without our traffic (other work on it)."""
-    c0, t0 = machine_cpu_s(), time.monotonic()
-    time.sleep(seconds)
-    return (machine_cpu_s() - c0) / (time.monotonic() - t0)
-
 
 def proc_cpu_s(pid: int) -> float:
     f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -246,7 +224,7 @@ def main() -> None:
     a = ap.parse_args()
     rates = [int(r) for r in a.rates.split(",")]
     name = f"nqb{uuid.uuid4().hex[:4]}"
-    tb = netns.up(specmod.parse(SPEC.format(name=name), "bench"))
+    tb = netns.up(specmod.parse(SPEC.format(rate="10gbit", name=name), "bench"))
     print(f"background load before the run: {busy_rate(2.0):.2f} CPU (of {os.cpu_count()})")
     try:
         with tempfile.TemporaryDirectory() as run_dir:
