@@ -25,10 +25,11 @@ from __future__ import annotations
 import heapq
 import json
 import select
-import signal
 import sys
 import time
 from typing import Any
+
+from orchestrator.bottleneck.signals import stop_event
 
 # Only the IPv4 header is needed to pick the delay: copy 20 bytes per packet, not the payload.
 COPY_BYTES = 20
@@ -99,19 +100,12 @@ def run(config: dict[str, Any]) -> None:
         nfq.bind(num, lambda pkt, num=num: line.hold(num, pkt), max_len=QUEUE_MAXLEN,
                  mode=COPY_PACKET, range=COPY_BYTES, sock_len=8 << 20)
         queues.append(nfq)
-    stopping = False
-
-    def stop(*_: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop = stop_event()
     fds = {nfq.get_fd(): nfq for nfq in queues}
     sched = config.get("schedule")
     next_poll = 0.0
     print("delayline ready", flush=True)
-    while not stopping:
+    while not stop.is_set():
         now = time.monotonic()
         wait = line.release_due()
         if sched and now >= next_poll:  # wait for the run's t0, then for each change

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import socket
 import sys
 import threading
@@ -37,6 +36,7 @@ from orchestrator.bottleneck import bpfobj
 from orchestrator.bottleneck.control import ControlLoop
 from orchestrator.bottleneck.packetlog import write_part
 from orchestrator.bottleneck.ringbuf import RingReader
+from orchestrator.bottleneck.signals import stop_event
 from policies.base import ClassState, Decision, QueueState
 
 CLS_CFG_DT = np.dtype([("p_drop", "<u4"), ("p_mark", "<u4"), ("step_ns", "<u8")])
@@ -313,9 +313,7 @@ def run(cfg: dict[str, Any]) -> None:
     log = RecordLog(open_ring(pin), out / "packets", packet_meta(cfg))
     loop = ControlLoop(policy, cfg["tupdate_s"], out / "control", deadline_s=cfg.get("deadline_s"),
                        reward_fn=_reward_fn())
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_event()
 
     follow = RateFollower(cfg["capacity"]) if cfg.get("capacity") else None
 

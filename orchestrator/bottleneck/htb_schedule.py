@@ -22,12 +22,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
+
+from orchestrator.bottleneck.signals import stop_event
 
 # the device name reaches tc's argv: a kernel interface name, never an option
 IFACE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,14}$")
@@ -85,14 +86,7 @@ def realtime(priority: int = 10) -> bool:
 
 
 def run(config: dict[str, Any]) -> int:
-    stopping = False
-
-    def stop(*_: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop = stop_event()
     realtime()
     plan(config, 0.0)  # every command is built (and every name checked) before we say ready
     print("htb-schedule ready", flush=True)
@@ -100,14 +94,14 @@ def run(config: dict[str, Any]) -> int:
     if t0 is None:
         from orchestrator.spec.dynamic import wait_t0
 
-        t0 = wait_t0(config["t0_path"], lambda: stopping)
+        t0 = wait_t0(config["t0_path"], stop.is_set)
         if t0 is None:
             return 0  # stopped before the flows started
     tmp = tempfile.mkdtemp(prefix="htb-schedule-")
     try:
         todo = [(due, rate, batched(cmds, f"{tmp}/{k}.batch"))
                 for k, (due, rate, cmds) in enumerate(plan(config, float(t0)))]
-        return _apply(config, todo, lambda: stopping)
+        return _apply(config, todo, stop.is_set)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
