@@ -78,7 +78,7 @@ class TrainConfig(BaseModel):
         pool is read; the model directory's contents are checked when it loads."""
         if value in BACKBONES or Path(value).expanduser().is_dir():
             return value
-        raise ValueError(f"{value!r} is neither one of {', '.join(BACKBONES)} nor a directory")
+        raise ValueError(f"{value!r}: no such directory, and not one of {', '.join(BACKBONES)}")
 
 
 class DistillConfig(BaseModel):
