@@ -68,7 +68,8 @@ def _settings(ctx: click.Context, kind: type, config: str | None, values: dict[s
 @click.option("--full-finetune/--lora", default=None, help="Train every backbone weight instead of LoRA.")
 @click.option("--layers", type=int, help="Keep only the first N decoder layers (0: all). [0]")
 @click.option("--exits", help="Shallower depths to train for early exit, e.g. 4,8.")
-@click.option("--backbone", help="smollm2, tiny, or a local HF causal-LM directory. [smollm2]")
+@click.option("--backbone", help="smollm2 (pretrained), smollm2-random (same architecture, random weights: "
+                   "the pretraining ablation), tiny, or a local HF causal-LM directory. [smollm2]")
 @click.option("--horizon-s", type=float,
               help="Discount returns per second with this horizon (s), not gamma per row. [0: gamma]")
 @click.option("--learn-explored/--skip-explored", default=None,

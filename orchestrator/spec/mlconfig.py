@@ -18,6 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.spec.load import load_model, validate
 
+# policies.aqm_llm.backbone.NAMES, spelt out so reading a config does not import torch
+# (tests/test_aqm_llm_random.py checks the two agree)
+BACKBONES = ("smollm2", "smollm2-random", "tiny")
+
 
 def _list(value: Any) -> Any:
     """'a,b' or ['a', 'b'] or 'a' -> ['a', 'b'] / ['a']; anything else is pydantic's to check."""
@@ -54,6 +58,8 @@ class TrainConfig(BaseModel):
     full_finetune: bool = False
     layers: int = Field(0, ge=0)
     exits: list[int] = Field(default_factory=list)
+    # "smollm2" (pretrained), "smollm2-random" (its architecture, random weights: the
+    # pretraining ablation), "tiny" (tests) or a local Hugging Face causal-LM directory
     backbone: str = "smollm2"
     # the action head: "softmax" (per-class enqueue/drop/mark, the shipped model) or "coupled"
     # (DualPI2's base probability in log space with the coupling built in; issue 14)
@@ -67,6 +73,15 @@ class TrainConfig(BaseModel):
     deploy: dict[str, Any] = Field(default_factory=dict)
 
     _lists = field_validator("pool", "lora_targets", "exits", "exclude", mode="before")(_list)
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        """Caught here, a misspelt name is one line naming the file and key, before any
+        pool is read; the model directory's contents are checked when it loads."""
+        if value in BACKBONES or Path(value).expanduser().is_dir():
+            return value
+        raise ValueError(f"{value!r}: no such directory, and not one of {', '.join(BACKBONES)}")
 
 
 class DistillConfig(BaseModel):

@@ -6,7 +6,8 @@ Files, in reading order:
   fluid.py       a toy fluid queue, only for unit tests and smoke training
   dataset.py     experience pool: run directories -> episodes -> windows of (rtg, state, action)
   encoder.py     numbers -> tokens of the backbone's width
-  backbone.py    SmolLM2-135M (or any local HF causal LM, or a tiny random Llama) loaded offline
+  backbone.py    SmolLM2-135M (or its random-weight twin "smollm2-random", any local HF causal
+                 LM, a tiny random Llama) loaded offline
   head.py        L4S-LM head (per-class enqueue/drop/mark) + return and action embeddings
   coupled.py     the coupled head (action: coupled): gate + log10 p' + k, DualPI2's coupling
                  built in, trained in log space (issue 14)

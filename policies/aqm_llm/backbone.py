@@ -4,6 +4,13 @@
              site-packages). transformers dequantises it to float32 (about 10 s); we convert
              it ONCE to a safetensors directory under $TESTBED_CACHE (default
              ~/.cache/testbed)/smollm2-135m/ and load that afterwards (0.1 s).
+  "smollm2-random"
+             SmolLM2-135M's exact architecture (width 576, 30 layers, 9 query and 3 KV
+             heads, same vocabulary) with randomly initialised weights from a fixed seed: the
+             ablation that asks whether pretraining helps. Built from the config alone (no
+             weights file, about 3 s), so a checkpoint trained on it reloads bit-exactly
+             anywhere. Trained with LoRA on the frozen random backbone, exactly as AQM-LLM is,
+             it has the same trainable parameters: only the backbone's knowledge differs.
   "tiny"     a 4-layer, 64-wide Llama with fixed random weights, for fast unit tests.
   PATH       any local Hugging Face causal-LM directory with safetensors weights.
 
@@ -23,7 +30,17 @@ from torch import nn
 
 from policies.errors import PolicyError as UserError
 
-SMOLLM2, TINY = "smollm2", "tiny"
+SMOLLM2, SMOLLM2_RANDOM, TINY = "smollm2", "smollm2-random", "tiny"
+NAMES = (SMOLLM2, SMOLLM2_RANDOM, TINY)  # orchestrator/spec/mlconfig.py checks config files against these
+RANDOM_SEED = 1234
+# SmolLM2-135M-Instruct's config.json (as converted from the GGUF), minus what only token
+# generation reads; a test checks it against the real file wherever that is installed
+SMOLLM2_CONFIG = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                  "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
+                  "hidden_act": "silu", "vocab_size": 49152, "max_position_embeddings": 8192,
+                  "rms_norm_eps": 1e-5, "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"},
+                  "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": True,
+                  "initializer_range": 0.02}
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LAYER_PATHS = ("layers", "h", "decoder.layers", "blocks")  # Llama-likes, GPT-2, OPT, others
 
@@ -67,13 +84,14 @@ def _convert(gguf: Path, out: Path) -> None:
 
 
 def resolve(spec: str) -> str:
-    """'tiny' stays 'tiny'; 'smollm2' becomes its cache directory; a path is checked."""
-    if spec == TINY:
-        return TINY
+    """'tiny' and 'smollm2-random' stay as they are (built, not loaded); 'smollm2' becomes its
+    cache directory; a path is checked."""
+    if spec in (TINY, SMOLLM2_RANDOM):
+        return spec
     path = smollm2_dir() if spec == SMOLLM2 else Path(spec).expanduser()
     if not path.is_dir():
-        raise UserError(f"backbone {spec!r}: no such directory (expected 'smollm2', 'tiny' or a "
-                        "local Hugging Face causal-LM directory)")
+        raise UserError(f"backbone {spec!r}: no such directory (expected one of "
+                        f"{', '.join(NAMES)} or a local Hugging Face causal-LM directory)")
     if not (path / "config.json").is_file():
         raise UserError(f"backbone {path}: not a Hugging Face model directory (no config.json)")
     if not any(path.glob("*.safetensors")):
@@ -84,7 +102,8 @@ def resolve(spec: str) -> str:
 
 def load_backbone(spec: str, layers: int = 0) -> nn.Module:
     """The decoder of backbone `spec`, eval mode, float32, cut to its first `layers` layers."""
-    model = _tiny() if spec == TINY else _pretrained(resolve(spec))
+    built = {TINY: _tiny, SMOLLM2_RANDOM: random_smollm2}
+    model = built[spec]() if spec in built else _pretrained(resolve(spec))
     if layers:
         set_depth(model, layers, keep=False)
     return model.eval()
@@ -98,6 +117,15 @@ def _tiny() -> nn.Module:
     with torch.random.fork_rng():  # same weights every time, so a checkpoint reloads exactly
         torch.manual_seed(1234)
         return LlamaModel(config)
+
+
+def random_smollm2(seed: int = RANDOM_SEED) -> nn.Module:
+    """SmolLM2-135M's decoder with transformers' own initialisation, the same for a seed."""
+    from transformers import LlamaConfig, LlamaModel
+
+    with torch.random.fork_rng():  # the caller's RNG stream is left as it was
+        torch.manual_seed(seed)
+        return LlamaModel(LlamaConfig(**SMOLLM2_CONFIG))
 
 
 def _pretrained(path: str) -> nn.Module:

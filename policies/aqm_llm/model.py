@@ -45,7 +45,7 @@ ACTIONS = ("softmax", "coupled")
 
 @dataclass
 class ModelConfig:
-    backbone: str = "smollm2"  # "smollm2", "tiny" or a local HF causal-LM directory
+    backbone: str = "smollm2"  # "smollm2", "smollm2-random", "tiny" or a local HF causal-LM directory
     window: int = 10  # K steps of context
     layers: int = 0  # keep the first N decoder layers; 0 keeps all
     exits: tuple[int, ...] = ()  # shallower depths trained too, for early exit at inference
