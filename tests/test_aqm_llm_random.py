@@ -152,3 +152,13 @@ def test_the_config_knows_the_backbones_the_model_does(tmp_path):
     assert res.returncode != 0 and len(lines) == 1 and "Traceback" not in res.stdout + res.stderr
     assert str(bad) in lines[0] and "backbone" in lines[0] and "smollm2-randon" in lines[0]
     assert "smollm2-random" in run_cli("train", "--help").stdout
+
+
+def test_the_ablation_recipe_differs_from_the_models_only_in_backbone_and_out():
+    """Does pretraining help? is answered only if everything else is the same."""
+    from orchestrator.spec import mlconfig
+
+    ablation = mlconfig.load(ROOT / "models/aqm-llm-random/train.yaml", mlconfig.TrainConfig).model_dump()
+    model = mlconfig.load(ROOT / "models/aqm-llm-coupled/train-v2.yaml", mlconfig.TrainConfig).model_dump()
+    assert {k for k in model if model[k] != ablation[k]} == {"backbone", "out"}
+    assert (model["backbone"], ablation["backbone"]) == ("smollm2", "smollm2-random")
