@@ -267,3 +267,19 @@ def test_control_loop_rows_rebuild_the_features_the_policy_saw(pool, stats, tmp_
         np.testing.assert_allclose(f.scalars[0], rebuilt.scalars[i], rtol=1e-9)
         np.testing.assert_allclose(f.series[0], rebuilt.series[i], rtol=1e-9)
     assert np.allclose(rows["reward"], reward_columns(rows))
+
+
+def test_a_run_started_with_dt_as_a_feature_is_not_resumed(pool, tmp_path):
+    """Issue 14 item 5: a run whose stats have the legacy feature set (dt_ms) cannot go on
+    with the current features: it would be trained on two feature sets at once."""
+    import json
+
+    from policies.aqm_llm import features as F
+
+    args = {"batch": 4, "lr": 1e-3, "val_every": 100, "ckpt_every": 3, "progress": False, **TINY}
+    train(pool, tmp_path / "b", steps=3, **args)
+    for path in (tmp_path / "b").rglob("stats.json"):
+        stats = json.loads(path.read_text())
+        path.write_text(json.dumps({**stats, "names": list(F.LEGACY_SCALAR_NAMES)}))
+    with pytest.raises(UserError, match="another feature set"):
+        train(pool, tmp_path / "b", steps=6, **args)
