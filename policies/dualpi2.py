@@ -38,6 +38,7 @@ Every behaviour, and which datapath matches it: policies/DUALPI2.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -163,6 +164,16 @@ class DualPi2Params(Params):
         require(self.qdelay in ("max", "classic"), "qdelay", "'max' or 'classic'", self.qdelay)
 
 
+def per_packet(prm: DualPi2Params) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What sch_dualpi2 does per packet, as ClassDecision fields: (the L queue's: the step and
+    the coin's timing, the C queue's: the coin's timing). Shared with policies/coupled.py, so a
+    PIE, PI2 or RED base AQM in DualQ runs the very same L4S step as DualPI2."""
+    step = dict(step_threshold_ms=None if prm.step_thresh_pkts is not None else prm.step_thresh_ms,
+                step_threshold_pkts=prm.step_thresh_pkts, min_qlen_step=prm.min_qlen_step,
+                coin_at_dequeue=not prm.drop_early)
+    return step, dict(coin_at_dequeue=not prm.drop_early)
+
+
 class DualPi2(Policy):
     """DualPI2 (RFC 9332, Linux sch_dualpi2): coupled L and C queues, p_C = p'^2, p_L = k*p'."""
 
@@ -241,10 +252,7 @@ class DualPi2(Policy):
             p_c = self.prob ** 2
             p_cl = prm.coupling_factor * self.prob
             overload = p_cl > 1.0  # only reachable with drop_overload
-        step = dict(step_threshold_ms=None if prm.step_thresh_pkts is not None else prm.step_thresh_ms,
-                    step_threshold_pkts=prm.step_thresh_pkts, min_qlen_step=prm.min_qlen_step,
-                    coin_at_dequeue=not prm.drop_early)
-        coin = dict(coin_at_dequeue=not prm.drop_early)
+        step, coin = per_packet(prm)
         if overload:  # ECN off in C, L drops with p_C and marks the rest (dualpi2_scalable_marking)
             return Decision(l4s=ClassDecision(p_drop=p_c, p_mark=1.0 - p_c, **step),
                             classic=ClassDecision(p_drop=p_c, **coin))

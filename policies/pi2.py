@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from policies.base import ClassDecision, Decision, Params, Policy, QueueConfig, QueueState, require
+from policies.coupled import coupled, dualq_config
 
 
 @dataclass
@@ -32,6 +33,8 @@ class Pi2Params(Params):
         "help": "mark ECN-capable packets (ECT(1): k*p', ECT(0): p'^2); false: drop all with p'^2"})
     limit: int | None = field(default=None, metadata={
         "help": "queue limit in packets (default: the testbed's buffer)"})
+    dualq: bool = field(default=False, metadata={
+        "help": "run as the base AQM of a DualQ coupled AQM (policies/coupled.py)"})
 
     def __post_init__(self) -> None:
         for key in ("target_ms", "tupdate_ms", "k"):
@@ -54,6 +57,8 @@ class Pi2(Policy):
         self.qdelay_old = 0.0  # seconds
 
     def queue_config(self) -> QueueConfig:
+        if self.params.dualq:
+            return dualq_config(self.params.limit, self.params.tupdate_ms / 1e3)
         return QueueConfig(dualq=False, limit_pkts=self.params.limit, tupdate_s=self.params.tupdate_ms / 1e3)
 
     def update(self, state: QueueState) -> Decision:
@@ -69,6 +74,9 @@ class Pi2(Policy):
 
     def decision(self) -> Decision:
         p_classic, p_scalable = self.prob ** 2, min(self.params.k * self.prob, 1.0)
+        if self.params.dualq:  # the classic p'^2 (drop without ECN), L coupled to it as in DualPI2
+            classic = ClassDecision(p_mark=p_classic) if self.params.ecn else ClassDecision(p_drop=p_classic)
+            return coupled(classic)
         if not self.params.ecn:
             d = ClassDecision(p_drop=p_classic)
             return Decision(l4s=d, classic=d)

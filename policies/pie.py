@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from policies.base import ClassDecision, Decision, Params, Policy, QueueConfig, QueueState, require
+from policies.coupled import coupled, dualq_config
 
 # RFC 8033 sec. 4.2: below each bound the PI increment is divided by the factor
 _AUTOTUNE = ((1e-6, 2048), (1e-5, 512), (1e-4, 128), (1e-3, 32), (1e-2, 8), (1e-1, 2))
@@ -43,6 +44,8 @@ class PieParams(Params):
         "help": "RFC 8033 cap drop adjustment: p grows at most 2%/update once it is >= 10%"})
     limit: int | None = field(default=None, metadata={
         "help": "queue limit in packets (default: the testbed's buffer)"})
+    dualq: bool = field(default=False, metadata={
+        "help": "run as the base AQM of a DualQ coupled AQM (policies/coupled.py)"})
 
     def __post_init__(self) -> None:
         for key in ("target_ms", "tupdate_ms"):
@@ -68,13 +71,15 @@ class Pie(Policy):
         self.burst_allowance_ms = self.params.max_burst_ms  # in ms: exact for whole-ms settings
 
     def queue_config(self) -> QueueConfig:
+        if self.params.dualq:
+            return dualq_config(self.params.limit, self.params.tupdate_ms / 1e3)
         return QueueConfig(dualq=False, limit_pkts=self.params.limit, tupdate_s=self.params.tupdate_ms / 1e3)
 
     def update(self, state: QueueState) -> Decision:
         qdelay = max(state.l4s.head_sojourn_ms, state.classic.head_sojourn_ms) / 1e3
         self._calculate_drop_prob(qdelay)
         d = self._class_decision()
-        return Decision(l4s=d, classic=d)
+        return coupled(d) if self.params.dualq else Decision(l4s=d, classic=d)
 
     def _calculate_drop_prob(self, qdelay: float) -> None:
         prm, target = self.params, self.params.target_ms / 1e3

@@ -297,3 +297,19 @@ def test_action_dropout_trains_differently_and_still_resumes_exactly(pool, tmp_p
     losses = [[h["train_loss"] for h in r["history"] if "train_loss" in h] for r in (whole, resumed, plain)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     assert losses[0][0] != pytest.approx(losses[2][0], rel=1e-6)  # the dropout reached the step
+
+
+def test_a_run_started_with_dt_as_a_feature_is_not_resumed(pool, tmp_path):
+    """Issue 14 item 5: a run whose stats have the legacy feature set (dt_ms) cannot go on
+    with the current features: it would be trained on two feature sets at once."""
+    import json
+
+    from policies.aqm_llm import features as F
+
+    args = {"batch": 4, "lr": 1e-3, "val_every": 100, "ckpt_every": 3, "progress": False, **TINY}
+    train(pool, tmp_path / "b", steps=3, **args)
+    for path in (tmp_path / "b").rglob("stats.json"):
+        stats = json.loads(path.read_text())
+        path.write_text(json.dumps({**stats, "names": list(F.LEGACY_SCALAR_NAMES)}))
+    with pytest.raises(UserError, match="another feature set"):
+        train(pool, tmp_path / "b", steps=6, **args)

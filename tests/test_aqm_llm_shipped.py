@@ -113,7 +113,10 @@ def test_pipelined_a_late_answer_is_dropped_and_the_worker_context_holds_what_wa
     out = np.array(out)
     assert (out[:3] == 0).all()
     replay = policies.make("aqm-llm", {"worker": "false"})
-    vector = D.F.state_vector
+    def vector(state):  # the shipped model's feature set: the legacy one, with dt_ms
+        return D.F.state_vector(state, replay.stats.names)
+
+    assert replay.stats.names == D.F.LEGACY_SCALAR_NAMES
     replay.propose(vector(states[0]))  # its answer came late: NO_SIGNAL stays applied
     expected = []
     for s in states[2:5]:

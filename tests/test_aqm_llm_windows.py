@@ -112,9 +112,11 @@ def test_scalar_features_are_the_documented_quantities():
                          backlog_pkts=50, arrival_bps=40e6, departure_bps=30e6, arrivals=80, drops=4, marks=0)
     s = QueueState(t=3.0, dt=0.016, link_rate_bps=50e6, l4s=l4s, classic=classic)
     got = dict(zip(F.SCALAR_NAMES, F.from_state(s).scalars[0], strict=True))
+    legacy = dict(zip(F.LEGACY_SCALAR_NAMES, F.from_state(s, F.LEGACY_SCALAR_NAMES).scalars[0], strict=True))
     ln = np.log1p
     assert got["log_link_rate_bps"] == pytest.approx(ln(50e6))
-    assert got["dt_ms"] == pytest.approx(16.0)
+    assert got["zero"] == 0.0 and legacy["dt_ms"] == pytest.approx(16.0)  # dt: legacy models only
+    assert {k: v for k, v in legacy.items() if k != "dt_ms"} == {k: v for k, v in got.items() if k != "zero"}
     assert got["util"] == pytest.approx(49e6 / 50e6)
     assert got["log_backlog_ms"] == pytest.approx(ln(78_000 * 8 / 50e6 * 1e3))  # 12.48 ms
     for name, c in (("l4s", l4s), ("classic", classic)):

@@ -115,3 +115,16 @@ def test_fifo_on_the_kernel_datapath(netns_testbed, tmp_path) -> None:
     meta = json.loads((tmp_path / "telemetry" / "packets" / "meta.json").read_text())
     assert meta["per_packet"] is False and "not available" in meta["sojourn"]
     KernelDatapath.clean(tb)  # idempotent
+
+
+def test_red_thresholds_in_time_become_bytes_at_the_link_rate():
+    """min_ms/max_ms: 2 and 6 ms at 12 Mbit/s are 3000 and 9000 bytes for tc-red."""
+    tc = leaf_args(policies.make("red", {"min_ms": 2, "max_ms": 6, "gentle": False}), 100, 12e6)
+    assert tc[tc.index("min") + 1] == "3000" and tc[tc.index("max") + 1] == "9000"
+
+
+@pytest.mark.parametrize("name", ["pie", "red"])
+def test_a_dualq_base_aqm_is_refused_by_the_kernel(name):
+    args = {"dualq": True} | ({"gentle": False} if name == "red" else {})
+    with pytest.raises(UserError, match="dualq"):
+        leaf_args(policies.make(name, args), 100, 50e6)

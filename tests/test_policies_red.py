@@ -61,3 +61,31 @@ def test_bad_values_name_the_key():
         RedParams.from_args({"min_th": "20", "max_th": "10"})
     with pytest.raises(ParamError, match="max_p"):
         RedParams.from_args({"max_p": "2"})
+
+
+def test_thresholds_in_time_scale_with_the_link_rate():
+    """min_ms/max_ms (issue 14, item 5): 2 and 6 ms at 12 Mbit/s with 1000-byte packets are 3
+    and 9 packets; at 120 Mbit/s 30 and 90. The same queue delay gives the same probability."""
+    red = Red(RedParams(min_ms=2, max_ms=6, w_q=1.0))
+    assert red.thresholds(12e6) == pytest.approx((3.0, 9.0))
+    assert red.thresholds(120e6) == pytest.approx((30.0, 90.0))
+    slow = red.update(qs(6)).classic.p_mark  # 4 ms of queue at 12 Mbit/s: 0.1 * (6-3)/(9-3)
+    fast_state = QueueState(t=0.0, dt=0.016, link_rate_bps=120e6,
+                            classic=ClassState(backlog_pkts=60, backlog_bytes=90000, arrivals=10))
+    fast = Red(RedParams(min_ms=2, max_ms=6, w_q=1.0)).update(fast_state).classic.p_mark
+    assert slow == pytest.approx(0.05) and fast == pytest.approx(0.05)
+
+
+def test_thresholds_in_time_in_byte_mode_and_packets_unchanged():
+    assert Red(RedParams(min_ms=2, max_ms=6, byte_mode=True)).thresholds(12e6) == pytest.approx((3000, 9000))
+    packets = Red(RedParams(min_th=5, max_th=15))
+    assert packets.thresholds(12e6) == packets.thresholds(1e9) == (5, 15)
+    packets.update(qs(0, arrivals=0))
+    assert (packets.min_th, packets.max_th) == (5, 15)
+
+
+def test_thresholds_in_time_come_in_pairs():
+    with pytest.raises(ParamError, match="max_ms"):
+        RedParams(min_ms=2)
+    with pytest.raises(ParamError, match="max_ms"):
+        RedParams(min_ms=6, max_ms=2)

@@ -33,6 +33,7 @@ from orchestrator.bottleneck.schedule_commands import BASELINE_CLASS
 from orchestrator.errors import UserError
 from orchestrator.testbed.base import Testbed
 from policies.base import Policy
+from policies.red import Red
 from policies.telemetry import PartWriter
 
 QDISC_OF = {"fifo": "pfifo", "red": "red", "codel": "codel", "pie": "pie", "dualpi2": "dualpi2"}
@@ -176,6 +177,7 @@ def _codel(p: Any, limit: str) -> list[str]:
 
 
 def _pie(p: Any, limit: str) -> list[str]:
+    _refuse("pie", p, "dualq", False, "Linux has no DualQ with a PIE base; use nfqueue or ebpf")
     _refuse("pie", p, "max_burst_ms", 150.0, "tc-pie has no burst allowance setting")
     _refuse("pie", p, "mark_ecnth", 0.1, "Linux pie marks up to a fixed 10%")
     _refuse("pie", p, "cap_drop", True, "Linux pie always caps the drop adjustment")
@@ -187,8 +189,10 @@ def _pie(p: Any, limit: str) -> list[str]:
 
 def _red(p: Any, limit_pkts: str, rate_bps: float) -> list[str]:
     _refuse("red", p, "gentle", False, "Linux sch_red has no gentle mode")
+    _refuse("red", p, "dualq", False, "Linux has no DualQ with a RED base; use nfqueue or ebpf")
     unit = 1 if p.byte_mode else p.avpkt  # tc-red thresholds are bytes
-    qmin, qmax = int(p.min_th * unit), int(p.max_th * unit)
+    lo, hi = Red(p).thresholds(rate_bps)  # min_ms/max_ms at the link's rate, else min_th/max_th
+    qmin, qmax = int(lo * unit), int(hi * unit)
     args = ["red", "limit", str(int(limit_pkts) * 1514), "min", str(qmin), "max", str(qmax),
             "avpkt", str(p.avpkt), "burst", str(red_burst(p.w_q, qmin, p.avpkt)),
             "probability", str(p.max_p), "bandwidth", f"{int(rate_bps)}bit"]

@@ -80,6 +80,39 @@ class Matrix(BaseModel):
     dynamics: list[Dynamic] = [Dynamic(name="static")]  # links that change during the run
     sample: int = Field(16, ge=0)  # scenarios drawn from the cross product (0: all)
     held_out: int = Field(3, ge=0)  # of those, kept out of the pool for evaluation
+    # every behaviour in DualQ, coupled as DualPI2 (policies/coupled.py), as AQM-LLM is
+    # deployed (issue 14, item 5); false keeps the recipes collected before it reproducible
+    dualq: bool = False
+
+
+# RED's thresholds as a share of the point's BDP, i.e. of its base RTT in queue delay: Floyd
+# ("RED: Discussions of Setting Parameters", 1997) puts max_th at 3 x min_th, and with min_th
+# at 0.2 BDP the gentle ramp ends at 2 max_th = 1.2 BDP, inside the matrices' smallest buffer
+# (1.5 BDP), so RED and not the tail drop holds the queue.
+RED_MIN_BDP, RED_MAX_OVER_MIN = 0.2, 3.0
+
+
+def behaviour_args(name: str, rtt: str, dualq: bool) -> dict[str, Any]:
+    """A behaviour's parameters at a scenario point: RED's thresholds from the point's BDP, and
+    `dualq` for a single-queue AQM when the matrix asks for DualQ (load_matrix checked it can)."""
+    args: dict[str, Any] = {}
+    if name == "red":
+        min_ms = RED_MIN_BDP * units.seconds(rtt) * 1e3
+        args |= {"min_ms": round(min_ms, 6), "max_ms": round(RED_MAX_OVER_MIN * min_ms, 6)}
+    if dualq and not policies.make(name, {}).queue_config().dualq:
+        args["dualq"] = True
+    return args
+
+
+def _check_dualq(path: str | Path, i: int, name: str) -> None:
+    """With `dualq: true`, a behaviour must run in DualQ already (DualPI2) or take `dualq`."""
+    policy = policies.make(name, {})
+    if policy.queue_config().dualq or "dualq" in {f[0] for f in policy.Params.describe()}:
+        return
+    why = ("acts per packet at dequeue, so it has no probability to couple the L queue to"
+           if policy.per_packet else "has no DualQ form (no 'dualq' parameter)")
+    raise SpecError(str(path), f"behaviours[{i}]", f"{name!r} {why}: with 'dualq: true' remove "
+                    "it, or set 'dualq: false'")
 
 
 def load_matrix(path: str | Path) -> Matrix:
@@ -96,6 +129,8 @@ def load_matrix(path: str | Path) -> Matrix:
             policies.make(name, {})
         except POLICY_ERRORS as e:
             raise SpecError(str(path), f"behaviours[{i}]", str(e)) from None
+        if matrix.dualq:
+            _check_dualq(path, i, name)
     if not matrix.behaviours:
         raise SpecError(str(path), "behaviours", "expected at least one policy")
     from orchestrator.spec.dynamic import check_mapping, with_absolute_trace
@@ -137,7 +172,8 @@ def plan(matrix: Matrix) -> list[dict[str, Any]]:
         suffix = "" if dynamics is None else f"-{dyn.name}"
         out.append({"name": f"{rate}-{rtt}-{buffer}-{mix.name}{suffix}", "rate": rate, "rtt": rtt,
                     "buffer": buffer, "mix": mix.model_dump(), "held_out": i in held,
-                    "behaviour": matrix.behaviours[i % len(matrix.behaviours)], "seed": matrix.seed + i,
+                    "behaviour": (name := matrix.behaviours[i % len(matrix.behaviours)]),
+                    "behaviour_args": behaviour_args(name, rtt, matrix.dualq), "seed": matrix.seed + i,
                     "link_dynamics": dynamics.to_json() if dynamics is not None else None, "run": None})
     return out
 
@@ -238,7 +274,9 @@ def collect(tb: Testbed, out: Path, progress: Callable[[str, float], None] | Non
     for i, point in enumerate(state["points"]):
         if point["held_out"] or is_complete(point) or not in_shard(i, shard):
             continue
-        config = RunConfig(policy=point["behaviour"], datapath=matrix.datapath, seed=point["seed"],
+        # behaviour_args: absent in plans made before issue 14 item 5 (their behaviours ran bare)
+        config = RunConfig(policy=point["behaviour"], policy_args=point.get("behaviour_args", {}),
+                           datapath=matrix.datapath, seed=point["seed"],
                            results_root=out / "runs", explore=matrix.exploration,
                            label={"scenario": point["name"]}, link_dynamics=_no_override(point))
         run_point(points, i, Run(tb, scenario_of(point, tb, matrix.duration), config), _link(point),

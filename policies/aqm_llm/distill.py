@@ -38,7 +38,7 @@ def teacher_labels(teacher: AqmLlmPolicy, frame: pd.DataFrame,
     bar = tqdm(total=len(frame), disable=not progress, desc="teacher")
     for i, (_, rows) in enumerate(D.episodes(frame)):
         teacher.reset()
-        xs.append(student_inputs(teacher.stats.apply(from_rows(rows))))
+        xs.append(student_inputs(teacher.stats.apply(from_rows(rows, teacher.stats.names))))
         ps.append(np.stack([teacher.probabilities(s).numpy() for s in D.states(rows)]))
         eps.append(np.full(len(rows), i))
         bar.update(len(rows))

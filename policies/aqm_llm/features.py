@@ -11,6 +11,15 @@ Time series: the last HISTORY_LEN values of each class's sojourn (log1p ms) and 
 (fraction of the current link rate), oldest first, left-padded with zeros at the start of a
 run, with a mask that says which entries are real. The history convention is the control
 loop's (orchestrator/bottleneck/control.py): the current interval is the last entry.
+
+Feature sets (issue 14, item 5): the update interval `dt` is no feature. It gave the behaviour
+away (PIE ticks every 15 ms, PI2 30, DualPI2 16) and a slow model's skipped ticks looked like
+PI2. Checkpoints trained before this (the shipped models/aqm-llm and its student) saw it as
+`dt_ms`; their NormStats record those names (LEGACY_SCALAR_NAMES; a stats.json without names
+is legacy too) and keep getting it. The current set keeps the slot, named `zero` and always
+0, so both sets have one layout: the encoder's link token, the student's input width and
+native/student.c (which reads dt from its input: it is given 0) are the same for both. The
+set in force is the `names` of the model's NormStats, passed to state_vector and from_rows.
 """
 
 from __future__ import annotations
@@ -28,11 +37,14 @@ from policies.base import CLASSES, HISTORY_LEN, QueueState
 
 CLASS_KEYS = ("sojourn_ms", "sojourn_max_ms", "head_sojourn_ms", "backlog_bytes", "backlog_pkts",
               "arrival_bps", "departure_bps", "arrivals", "drops", "marks")
-LINK_NAMES = ("log_link_rate_bps", "dt_ms", "util", "log_backlog_ms")
+LINK_NAMES = ("log_link_rate_bps", "zero", "util", "log_backlog_ms")  # zero: where dt_ms was
 CLASS_NAMES = tuple(f"log_{k}" for k in CLASS_KEYS) + (
     "arrival_util", "departure_util", "drop_frac", "mark_frac", "log_backlog_ms")
 GROUPS = {"link": len(LINK_NAMES), "l4s": len(CLASS_NAMES), "classic": len(CLASS_NAMES)}
 SCALAR_NAMES = LINK_NAMES + tuple(f"{c}_{n}" for c in CLASSES for n in CLASS_NAMES)
+DT_NAME = "dt_ms"
+LEGACY_SCALAR_NAMES = tuple(DT_NAME if n == "zero" else n for n in SCALAR_NAMES)
+FEATURE_SETS = (SCALAR_NAMES, LEGACY_SCALAR_NAMES)
 SERIES = ("l4s_sojourn", "classic_sojourn", "l4s_rate", "classic_rate")
 N_SCALARS, N_SERIES = len(SCALAR_NAMES), len(SERIES)
 CLIP = 10.0
@@ -50,12 +62,14 @@ class _Math:
     log1p, maximum = staticmethod(math.log1p), staticmethod(max)
 
 
-def scalar_values(cols: Mapping[str, Any], xp: Any = np) -> list[Any]:
-    """The N_SCALARS raw features, in SCALAR_NAMES order, from QueueState.flat() keys."""
+def scalar_values(cols: Mapping[str, Any], xp: Any = np, names: tuple[str, ...] = SCALAR_NAMES) -> list[Any]:
+    """The N_SCALARS raw features, in `names` order (a FEATURE_SETS entry), from
+    QueueState.flat() keys. The second is dt in ms for the legacy set, else 0."""
     link = xp.maximum(cols["link_rate_bps"], 1.0)
     total_dep = cols["l4s_departure_bps"] + cols["classic_departure_bps"]
     total_backlog = cols["l4s_backlog_bytes"] + cols["classic_backlog_bytes"]
-    out = [xp.log1p(link), cols["dt"] * 1e3, total_dep / link, xp.log1p(total_backlog * 8e3 / link)]
+    dt_ms = cols["dt"] * 1e3 if names[1] == DT_NAME else 0.0
+    out = [xp.log1p(link), dt_ms, total_dep / link, xp.log1p(total_backlog * 8e3 / link)]
     for cls in CLASSES:
         v = {k: xp.maximum(cols[f"{cls}_{k}"], 0.0) for k in CLASS_KEYS}
         out += [xp.log1p(v[k]) for k in CLASS_KEYS]
@@ -68,9 +82,9 @@ def scalar_values(cols: Mapping[str, Any], xp: Any = np) -> list[Any]:
 VECTOR_LEN = N_SCALARS + 2 * N_SERIES * HISTORY_LEN
 
 
-def from_state(state: QueueState) -> Features:
-    """Features of one live state (N = 1): views into state_vector(state)."""
-    return split_vector(state_vector(state))
+def from_state(state: QueueState, names: tuple[str, ...] = SCALAR_NAMES) -> Features:
+    """Features of one live state (N = 1): views into state_vector(state, names)."""
+    return split_vector(state_vector(state, names))
 
 
 def split_vector(buf: np.ndarray) -> Features:
@@ -81,12 +95,13 @@ def split_vector(buf: np.ndarray) -> Features:
                     buf[N_SCALARS + h:].reshape(1, N_SERIES, HISTORY_LEN))
 
 
-def state_vector(state: QueueState) -> np.ndarray:
-    """Raw [scalars, series, mask] of one live state in one vector. Fast (tens of microseconds,
-    the student's budget): plain floats, no dataclasses.asdict, one allocation."""
+def state_vector(state: QueueState, names: tuple[str, ...] = SCALAR_NAMES) -> np.ndarray:
+    """Raw [scalars, series, mask] of one live state in one vector, for the feature set `names`
+    (the model's NormStats.names). Fast (tens of microseconds, the student's budget): plain
+    floats, no dataclasses.asdict, one allocation."""
     buf = np.zeros(VECTOR_LEN)
     f = split_vector(buf)
-    f.scalars[0] = scalar_values(_cols(state), _Math)
+    f.scalars[0] = scalar_values(_cols(state), _Math, names)
     hists = [state.sojourn_history.get(c, ()) for c in CLASSES]
     hists += [state.rate_history.get(c, ()) for c in CLASSES]
     link = max(state.link_rate_bps, 1.0)
@@ -119,10 +134,11 @@ def _cols(state: QueueState) -> dict[str, float]:
     return cols
 
 
-def from_rows(frame: pd.DataFrame) -> Features:
-    """Features of control-loop rows of ONE episode, in time order (history rebuilt from rows)."""
+def from_rows(frame: pd.DataFrame, names: tuple[str, ...] = SCALAR_NAMES) -> Features:
+    """Features of control-loop rows of ONE episode, in time order (history rebuilt from rows),
+    for the feature set `names`."""
     cols = {k: frame[k].to_numpy(np.float64) for k in _flat_keys()}
-    scalars = np.stack(scalar_values(cols), axis=1)
+    scalars = np.stack(np.broadcast_arrays(*scalar_values(cols, names=names)), axis=1)
     link = np.maximum(cols["link_rate_bps"], 1.0)
     raw = [np.log1p(np.maximum(cols[f"{c}_sojourn_ms"], 0.0)) for c in CLASSES]
     raw += [cols[f"{c}_arrival_bps"] for c in CLASSES]
@@ -165,14 +181,16 @@ class NormStats:
     names: tuple[str, ...] = SCALAR_NAMES
 
     @classmethod
-    def fit(cls, f: Features, rtg: np.ndarray, target_quantile: float = 0.9) -> NormStats:
+    def fit(cls, f: Features, rtg: np.ndarray, target_quantile: float = 0.9,
+            names: tuple[str, ...] = SCALAR_NAMES) -> NormStats:
+        """Statistics of features `f`, computed with the feature set `names`."""
         s_mean, s_std = f.scalars.mean(0), f.scalars.std(0)
         valid = f.mask.sum((0, 2))
         ser_mean = (f.series * f.mask).sum((0, 2)) / np.maximum(valid, 1)
         ser_var = (((f.series - ser_mean[None, :, None]) * f.mask) ** 2).sum((0, 2)) / np.maximum(valid, 1)
         return cls(s_mean.tolist(), _safe_std(s_std).tolist(), ser_mean.tolist(),
                    _safe_std(np.sqrt(ser_var)).tolist(), float(rtg.mean()), float(_safe_std(rtg.std())),
-                   float(np.quantile(rtg, target_quantile)))
+                   float(np.quantile(rtg, target_quantile)), tuple(names))
 
     def apply(self, f: Features) -> Features:
         """Normalised float32 features; padded history entries stay exactly 0."""
@@ -192,10 +210,10 @@ class NormStats:
     @classmethod
     def from_json(cls, text: str) -> NormStats:
         d = json.loads(text)
-        d["names"] = tuple(d.get("names", SCALAR_NAMES))
-        if d["names"] != SCALAR_NAMES:
+        d["names"] = tuple(d.get("names", LEGACY_SCALAR_NAMES))  # no names: before they were saved
+        if d["names"] not in FEATURE_SETS:
             raise ValueError("normalisation statistics were computed for other features "
-                             f"({len(d['names'])} names, expected {N_SCALARS}); retrain")
+                             f"({len(d['names'])} names, expected one of the {N_SCALARS}-name sets); retrain")
         return cls(**d)
 
 

@@ -221,7 +221,7 @@ class AqmLlmPolicy(Policy):
         distillation, tests)."""
         from policies.aqm_llm.features import state_vector
 
-        probs = self.propose(state_vector(state))
+        probs = self.propose(state_vector(state, self.stats.names))
         self.applied = probs.tolist()
         return probs
 
@@ -236,7 +236,7 @@ class AqmLlmPolicy(Policy):
         if self.worker is not None and self.params.pipelined:
             probs, self.late = self._pipelined(state, t0)
         else:
-            vector = state_vector(state)
+            vector = state_vector(state, self.stats.names)
             if self.worker is not None:
                 probs = self.worker.decide(vector, self.applied, t0 + self.settings["deadline_ms"] / 1e3)
             else:
@@ -273,7 +273,8 @@ class AqmLlmPolicy(Policy):
         else:
             first = True  # nothing computed yet, so nothing is late
         # what was applied after the previous step: its answer, or the decision kept in force
-        self.worker.submit(state_vector(state), fresh if fresh is not None else self.applied)
+        applied = fresh if fresh is not None else self.applied
+        self.worker.submit(state_vector(state, self.stats.names), applied)
         return fresh, fresh is None and not first
 
     def latency_stats(self) -> dict[str, float]:

@@ -19,7 +19,16 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from policies.aqm_llm.checkpoint import load_safetensors, read_json, refuse_pickles
-from policies.aqm_llm.features import CLIP, N_SCALARS, N_SERIES, VECTOR_LEN, Features, NormStats, state_vector
+from policies.aqm_llm.features import (
+    CLIP,
+    DT_NAME,
+    N_SCALARS,
+    N_SERIES,
+    VECTOR_LEN,
+    Features,
+    NormStats,
+    state_vector,
+)
 from policies.aqm_llm.head import N_ACTIONS
 from policies.aqm_llm.policy import to_decision
 from policies.base import CLASSES, HISTORY_LEN, Decision, Params, Policy, QueueConfig, QueueState
@@ -64,7 +73,7 @@ class Student:
 
     def state_input(self, state: QueueState) -> np.ndarray:
         """Same as student_inputs(stats.apply(from_state(state))), without the generic overhead."""
-        raw = state_vector(state)
+        raw = state_vector(state, self.stats.names)
         x = np.clip((raw - self._mean) / self._std, -CLIP, CLIP)
         mask = raw[self._series.stop:]
         if not mask.all():  # padded history stays exactly 0, as stats.apply leaves it
@@ -139,7 +148,8 @@ class StudentPolicy(Policy):
         if self.params.native:
             from policies.aqm_llm.student_native import NativeStudent
 
-            self.native = NativeStudent.build(student.layers, student._mean, student._std)
+            self.native = NativeStudent.build(student.layers, student._mean, student._std,
+                                              student.stats.names[1] == DT_NAME)
         self.last_latency_s = 0.0
         self.prioritised = False
 

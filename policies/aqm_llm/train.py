@@ -192,6 +192,9 @@ def _start(cfg: ModelConfig, stats: NormStats, out: Path,
         out.mkdir(parents=True, exist_ok=True)
         return AqmLlm(cfg), stats, 0, []
     model, saved_stats, config = ckpt.load_checkpoint(out)
+    if saved_stats.names != stats.names:  # the pool's features are the current set's
+        raise UserError(f"{out} holds a run on another feature set (before dt was dropped, issue "
+                        "14 item 5); use --no-resume or another --out")
     if ModelConfig.from_dict(config["model"]) != cfg:
         raise UserError(f"{out} holds a run with another model config ({config['model']}); "
                         "use the same options, --no-resume, or another --out")
