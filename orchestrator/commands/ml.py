@@ -129,6 +129,10 @@ def train(ctx: click.Context, **values: Any) -> None:
 @click.option("--seed", type=int, help="[0]")
 @click.option("--early-exit-layers", type=int, help="Teacher depth (a trained exit). [0: all]")
 @click.option("--threads", type=int, help="[2]")
+@click.option("--log-weight", type=float,
+              help="Weight of the log10 signal-probability term beside the cross-entropy. [0]")
+@click.option("--learn-explored/--skip-explored", default=None,
+              help="With --no-teacher: learn the pool's explored rows too, or leave them out. [learn]")
 @click.option("--no-teacher", is_flag=True, default=None,
               help="The no-LLM ablation: fit the same MLP to the pool's own decisions (no checkpoint).")
 @click.pass_context
@@ -142,7 +146,8 @@ def distill(ctx: click.Context, **values: Any) -> None:
             raise UserError("distill --no-teacher needs a pool and an out directory, and no checkpoint")
         from policies.aqm_llm.distill import clone_pool
 
-        result = clone_pool(list(c.pool), c.out, steps=c.steps, hidden=tuple(c.hidden), seed=c.seed)
+        result = clone_pool(list(c.pool), c.out, steps=c.steps, hidden=tuple(c.hidden), seed=c.seed,
+                            log_weight=c.log_weight, learn_explored=c.learn_explored)
         click.echo(json.dumps(result, indent=1))
         return
     if not c.checkpoint or not c.pool or not c.out:
@@ -151,7 +156,8 @@ def distill(ctx: click.Context, **values: Any) -> None:
     from policies.aqm_llm.distill import distill as do_distill
 
     result = do_distill(c.checkpoint, list(c.pool), c.out, steps=c.steps, hidden=tuple(c.hidden),
-                        seed=c.seed, early_exit_layers=c.early_exit_layers, threads=c.threads)
+                        seed=c.seed, early_exit_layers=c.early_exit_layers, threads=c.threads,
+                        log_weight=c.log_weight)
     click.echo(json.dumps(result, indent=1))
 
 

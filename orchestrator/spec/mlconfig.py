@@ -97,6 +97,11 @@ class DistillConfig(BaseModel):
     early_exit_layers: int = Field(0, ge=0)
     threads: int = Field(2, ge=1)
     no_teacher: bool = False  # the no-LLM ablation: learn the pool's own decisions
+    # weight of a log-space term (log10 of each class's signal probability) beside the
+    # cross-entropy, which cannot see errors at small probabilities (distill.py)
+    log_weight: float = Field(0.0, ge=0)
+    # with no_teacher: false leaves out the rows where the behaviour explored
+    learn_explored: bool = True
 
     _lists = field_validator("pool", "hidden", mode="before")(_list)
 

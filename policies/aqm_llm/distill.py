@@ -7,10 +7,17 @@ teacher's per-class distributions with a soft cross-entropy. Held-out episodes m
 closely it follows (loss, mean absolute error of p_drop / p_mark, and, since a difference
 hides errors at small probabilities, the median |log10 p_student - log10 p_teacher| per class
 on states where the teacher signals: issue 14, item 7).
+
+`log_weight` adds that blind spot to the loss: a Huber term on log10 of each class's signal
+probability (drop + mark), floored at 1e-8, beside the cross-entropy. The student is still a
+softmax per class, so the shipped C and numpy code runs it unchanged; only what it is taught
+to get right changes (a factor of 10 at p = 1e-4 costs the cross-entropy about 1e-3 nats,
+and the log term 0.5).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,11 +25,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as nnf
 from torch import nn
 
 from policies.aqm_llm import dataset as D
 from policies.aqm_llm import features as F
-from policies.aqm_llm.coupled import log_errors, median
+from policies.aqm_llm.coupled import LOG10_MIN, log_errors, median
 from policies.aqm_llm.features import from_rows
 from policies.aqm_llm.model import soft_cross_entropy
 from policies.aqm_llm.policy import AqmLlmParams, AqmLlmPolicy
@@ -48,8 +56,8 @@ def teacher_labels(teacher: AqmLlmPolicy, frame: pd.DataFrame,
 
 
 def fit_student(labels: dict[str, np.ndarray], hidden: Sequence[int] = (64, 64), steps: int = 2000,
-                batch: int = 256, lr: float = 2e-3, seed: int = 0,
-                val_frac: float = 0.2) -> tuple[list, dict[str, float]]:
+                batch: int = 256, lr: float = 2e-3, seed: int = 0, val_frac: float = 0.2,
+                log_weight: float = 0.0) -> tuple[list, dict[str, float]]:
     """Train the MLP (torch) on the labels; (numpy weights, metrics on held-out episodes)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -64,7 +72,7 @@ def fit_student(labels: dict[str, np.ndarray], hidden: Sequence[int] = (64, 64),
     train_idx = np.flatnonzero(~is_val)
     for _ in range(steps):
         idx = torch.from_numpy(rng.choice(train_idx, size=min(batch, len(train_idx))))
-        loss = _loss(mlp, x[idx], p[idx])
+        loss = _loss(mlp, x[idx], p[idx], log_weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -81,9 +89,22 @@ def _held_out(episode: np.ndarray, val_frac: float, rng: np.random.Generator) ->
     return np.isin(episode, rng.permutation(n_ep)[:max(1, round(val_frac * n_ep))])
 
 
-def _loss(mlp: nn.Module, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+def _loss(mlp: nn.Module, x: torch.Tensor, p: torch.Tensor, log_weight: float = 0.0) -> torch.Tensor:
     logits = mlp(x).unflatten(-1, p.shape[1:])
-    return soft_cross_entropy(logits, p, torch.ones(len(x)))
+    loss = soft_cross_entropy(logits, p, torch.ones(len(x)))
+    if log_weight > 0:
+        loss = loss + log_weight * signal_log_loss(logits, p)
+    return loss
+
+
+def signal_log_loss(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Mean Huber (delta 1 decade) of log10 signal probability (drop + mark), student against
+    label, both floored at 1e-8. The student's is computed from its logits (log-sum-exp), so a
+    signal of 1e-7 is not lost to 1 - p_enqueue in float32."""
+    floor = LOG10_MIN * math.log(10.0)
+    log_q = (torch.logsumexp(logits[..., 1:], -1) - torch.logsumexp(logits, -1)).clamp(min=floor)
+    log_p = torch.log(p[..., 1:].sum(-1).clamp(min=10.0 ** LOG10_MIN))
+    return nnf.huber_loss(log_q / math.log(10.0), log_p / math.log(10.0), delta=1.0)
 
 
 @torch.no_grad()
@@ -104,37 +125,43 @@ def _metrics(mlp: nn.Module, x: torch.Tensor, p: torch.Tensor, is_val: np.ndarra
 
 def distill(checkpoint: str | Path, pool: pd.DataFrame | str | Path | Sequence[str | Path], out: str | Path,
             steps: int = 2000, hidden: Sequence[int] = (64, 64), seed: int = 0, early_exit_layers: int = 0,
-            threads: int = 1, progress: bool = True) -> dict[str, Any]:
+            threads: int = 1, progress: bool = True, log_weight: float = 0.0) -> dict[str, Any]:
     """Label the pool with the LLM policy, fit the student, save it to `out`; returns metrics."""
     frame = D.as_frame(pool)
     teacher = AqmLlmPolicy(AqmLlmParams(checkpoint=str(checkpoint), early_exit_layers=early_exit_layers,
                                         threads=threads))
     labels = teacher_labels(teacher, frame, progress)
-    weights, metrics = fit_student(labels, hidden, steps, seed=seed)
+    weights, metrics = fit_student(labels, hidden, steps, seed=seed, log_weight=log_weight)
     student = Student({k: v for i, (w, b) in enumerate(weights) for k, v in ((f"w{i}", w), (f"b{i}", b))},
                       teacher.stats)
     meta = {"teacher": str(checkpoint), "teacher_settings": teacher.settings,
-            "states": len(labels["x"]), "steps": steps, "seed": seed, **metrics}
+            "states": len(labels["x"]), "steps": steps, "seed": seed, "log_weight": log_weight, **metrics}
     student.save(out, meta)
     return {"out": str(out), **meta}
 
 
 def clone_pool(pool: pd.DataFrame | str | Path | Sequence[str | Path], out: str | Path, steps: int = 2000,
-               hidden: Sequence[int] = (64, 64), seed: int = 0) -> dict[str, Any]:
+               hidden: Sequence[int] = (64, 64), seed: int = 0, log_weight: float = 0.0,
+               learn_explored: bool = True) -> dict[str, Any]:
     """The no-LLM ablation (issue 14): the student's MLP trained on the pool's own recorded
     decisions (behaviour cloning), with no LLM anywhere. Beside AQM-LLM and its student in
     `testbed evaluate` it answers whether the LLM adds anything on unseen scenarios. Its
     normalisation statistics are fitted on every episode of the pool (the LLM's on its
-    training episodes): they are scales, not labels."""
+    training episodes): they are scales, not labels. With `learn_explored` false the rows where
+    the behaviour explored are left out, as AQM-LLM trained with `learn_explored: false` keeps
+    them as context only (the MLP has no context, so they go)."""
     frame = D.as_frame(pool)
     eps, raw = D.to_episodes(frame, gamma=0.98)  # gamma is unused: no return conditioning
     stats = F.NormStats.fit(raw, eps.rtg)
     labels = {"x": student_inputs(stats.apply(raw)), "p": eps.actions.astype(np.float32),
               "episode": np.repeat(np.arange(len(eps.names)), eps.end - eps.start)}
-    weights, metrics = fit_student(labels, hidden, steps, seed=seed)
+    if not learn_explored and eps.explore is not None:
+        labels = {k: v[eps.explore == 0] for k, v in labels.items()}
+    weights, metrics = fit_student(labels, hidden, steps, seed=seed, log_weight=log_weight)
     student = Student({k: v for i, (w, b) in enumerate(weights) for k, v in ((f"w{i}", w), (f"b{i}", b))},
                       stats)
     meta = {"teacher": "none: the pool's recorded decisions (behaviour cloning, no LLM)",
-            "states": len(labels["x"]), "steps": steps, "seed": seed, **metrics}
+            "states": len(labels["x"]), "steps": steps, "seed": seed, "log_weight": log_weight,
+            "learn_explored": learn_explored, **metrics}
     student.save(out, meta)
     return {"out": str(out), **meta}
