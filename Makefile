@@ -15,8 +15,8 @@ test: setup
 	.venv/bin/python -m pytest -q -rs tests
 
 model: setup
-	.venv/bin/testbed train --config models/aqm-llm/train.yaml
-	.venv/bin/testbed distill --config models/aqm-llm-student/distill.yaml
+	.venv/bin/testbed train --config models/aqm-llm-coupled/train.yaml
+	.venv/bin/testbed distill --config models/aqm-llm-coupled-student/distill.yaml
 
 lint: setup
 	.venv/bin/ruff check .

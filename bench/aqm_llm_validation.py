@@ -2,8 +2,8 @@
 on the validation episodes of its pool, in log space: the error that matters for control is a
 factor, not a difference (issue 14, item 7). Not a test; prints one table.
 
-    .venv/bin/python bench/aqm_llm_validation.py [--checkpoint models/aqm-llm]
-        [--student models/aqm-llm-student] [--pool models/aqm-llm/pool.parquet]
+    .venv/bin/python bench/aqm_llm_validation.py [--checkpoint models/aqm-llm-coupled]
+        [--student models/aqm-llm-coupled-student] [--pool models/aqm-llm-coupled/pool.parquet]
 
 Per class and signal (L4S mark, classic mark, classic drop): the median and 90th percentile of
 |log10(model / label)| over the decisions where the label is at least 1e-4, the median label
@@ -51,9 +51,9 @@ def table(name: str, probs: np.ndarray, labels: pd.DataFrame) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", default="models/aqm-llm")
-    ap.add_argument("--student", default="models/aqm-llm-student")
-    ap.add_argument("--pool", default="models/aqm-llm/pool.parquet")
+    ap.add_argument("--checkpoint", default="models/aqm-llm-coupled")
+    ap.add_argument("--student", default="models/aqm-llm-coupled-student")
+    ap.add_argument("--pool", default="models/aqm-llm-coupled/pool.parquet")
     args = ap.parse_args()
     config = json.loads(open(f"{args.checkpoint}/config.json").read())
     val = set(config["pool_episodes"]["val"])

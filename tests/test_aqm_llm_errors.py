@@ -170,7 +170,8 @@ def test_a_bad_model_or_parameter_is_one_line_on_a_testbed_that_is_up(testbed_up
 
 
 def test_the_shipped_models_are_safetensors_and_json_only():
-    for folder in ("models/aqm-llm", "models/aqm-llm-student"):
+    for folder in ("models/aqm-llm", "models/aqm-llm-student", "models/aqm-llm-coupled",
+                   "models/aqm-llm-coupled-student", "models/aqm-llm-random"):
         files = sorted(p.name for p in (ROOT / folder).iterdir())
         assert files, folder
         for name in files:

@@ -21,7 +21,9 @@ from policies.base import ClassState, QueueState
 
 from conftest import ROOT
 
+# the first shipped model and its student (softmax head, trained with dt_ms): the legacy set
 SHIPPED_STATS = ROOT / "models/aqm-llm/stats.json"
+V1_LLM, V1_STUDENT = str(ROOT / "models/aqm-llm"), str(ROOT / "models/aqm-llm-student")
 
 
 def two_ticks(rng: random.Random):  # noqa: ANN201
@@ -68,7 +70,7 @@ def test_training_fits_the_current_set() -> None:
 
 def _student(names: tuple[str, ...]) -> Student:
     """The shipped student's weights, with its statistics labelled as feature set `names`."""
-    shipped = StudentPolicy(StudentPolicy.Params(native=False)).student
+    shipped = StudentPolicy(StudentPolicy.Params(checkpoint=V1_STUDENT, native=False)).student
     weights = {f"{k}{i}": a for i, (w, b) in enumerate(shipped.layers) for k, a in (("w", w), ("b", b))}
     return Student(weights, dataclasses.replace(shipped.stats, names=names))
 
@@ -88,9 +90,9 @@ def test_a_current_student_ignores_dt_and_the_shipped_one_still_sees_it(native: 
             assert np.allclose(probs[0], probs[1], rtol=0, atol=0) == same, names[1]
 
 
-def test_the_shipped_student_is_legacy_and_unchanged() -> None:
-    """The shipped student keeps dt: its decisions are those of the legacy feature vector."""
-    pol = StudentPolicy(StudentPolicy.Params(native=False))
+def test_the_first_student_is_legacy_and_unchanged() -> None:
+    """The first model's student keeps dt: its decisions are those of the legacy feature vector."""
+    pol = StudentPolicy(StudentPolicy.Params(checkpoint=V1_STUDENT, native=False))
     assert pol.student.stats.names == F.LEGACY_SCALAR_NAMES
     s = _random_state(random.Random(5))
     raw = F.state_vector(s, F.LEGACY_SCALAR_NAMES)
@@ -101,7 +103,7 @@ def test_the_shipped_student_is_legacy_and_unchanged() -> None:
     np.testing.assert_allclose(pol.student.state_input(s), want.astype(np.float32))
 
 
-# ---------------------------------------------------------------- the shipped models, unchanged
+# ---------------------------------------------------------------- the first models, unchanged
 # Their probabilities on three states that differ in dt, computed on main before the feature
 # sets existed (the same code computes them here, so the legacy set reproduces them exactly).
 GOLDEN_LLM = [
@@ -136,20 +138,20 @@ def golden_states() -> list[QueueState]:
     return out
 
 
-def test_the_shipped_models_decide_as_before_dt_was_dropped() -> None:
-    llm = policies.make("aqm-llm", {"worker": "false"})
-    stu = policies.make("aqm-llm-student", {"native": "false"})
+def test_the_first_models_decide_as_before_dt_was_dropped() -> None:
+    llm = policies.make("aqm-llm", {"worker": "false", "checkpoint": V1_LLM})
+    stu = policies.make("aqm-llm-student", {"native": "false", "checkpoint": V1_STUDENT})
     states = golden_states()
     np.testing.assert_allclose([llm.probabilities(s).tolist() for s in states], GOLDEN_LLM, rtol=1e-6)
     np.testing.assert_allclose([stu.student.probs(stu.student.state_input(s)).tolist() for s in states],
                                GOLDEN_STUDENT, rtol=1e-6)
 
 
-def test_distilling_the_shipped_teacher_feeds_the_student_its_legacy_features() -> None:
+def test_distilling_the_first_teacher_feeds_the_student_its_legacy_features() -> None:
     from policies.aqm_llm.distill import teacher_labels
     from policies.aqm_llm.student import student_inputs
 
-    teacher = policies.make("aqm-llm", {"worker": "false"})
+    teacher = policies.make("aqm-llm", {"worker": "false", "checkpoint": V1_LLM})
     pool = D.synthetic_pool(behaviours=("pie",), seconds=0.5)
     rows = pool[pool.episode == pool.episode.iloc[0]].head(4)
     labels = teacher_labels(teacher, rows)

@@ -154,11 +154,12 @@ def test_the_config_knows_the_backbones_the_model_does(tmp_path):
     assert "smollm2-random" in run_cli("train", "--help").stdout
 
 
-def test_the_ablation_recipe_differs_from_the_models_only_in_backbone_and_out():
+def test_the_ablation_recipe_differs_from_the_models_only_in_backbone_and_where_it_goes():
     """Does pretraining help? is answered only if everything else is the same."""
     from orchestrator.spec import mlconfig
 
     ablation = mlconfig.load(ROOT / "models/aqm-llm-random/train.yaml", mlconfig.TrainConfig).model_dump()
-    model = mlconfig.load(ROOT / "models/aqm-llm-coupled/train-v2.yaml", mlconfig.TrainConfig).model_dump()
-    assert {k for k in model if model[k] != ablation[k]} == {"backbone", "out"}
+    model = mlconfig.load(ROOT / "models/aqm-llm-coupled/train.yaml", mlconfig.TrainConfig).model_dump()
+    assert {k for k in model if model[k] != ablation[k]} == {"backbone", "out", "export"}
+    assert ablation["export"] == ""  # the ablation does not ship
     assert (model["backbone"], ablation["backbone"]) == ("smollm2", "smollm2-random")

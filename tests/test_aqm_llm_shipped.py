@@ -1,4 +1,4 @@
-"""The shipped model (models/aqm-llm, models/aqm-llm-student) and the never-late deployment:
+"""The shipped model (models/aqm-llm-coupled, models/aqm-llm-coupled-student) and the never-late deployment:
 the defaults load it and decide deterministically; the worker process decides what the
 in-process model decides; a late answer keeps the decision in force and the model's context
 holds the applied action, not the proposed one (issue 14, item 6); int8 and the early exit
@@ -30,7 +30,7 @@ N_STATES = 24
 @pytest.fixture(scope="module")
 def states() -> list:
     """Consecutive states of a DualPI2 episode of the shipped pool (the real link's telemetry)."""
-    pool = pd.read_parquet(ROOT / "models" / "aqm-llm" / "pool.parquet")
+    pool = pd.read_parquet(ROOT / "models" / "aqm-llm-coupled" / "pool.parquet")
     pool = pool[pool["episode"].str.contains("dualpi2")]
     rows = next(D.episodes(pool))[1]
     return list(D.states(rows.iloc[200:200 + N_STATES]))
@@ -113,10 +113,10 @@ def test_pipelined_a_late_answer_is_dropped_and_the_worker_context_holds_what_wa
     out = np.array(out)
     assert (out[:3] == 0).all()
     replay = policies.make("aqm-llm", {"worker": "false"})
-    def vector(state):  # the shipped model's feature set: the legacy one, with dt_ms
+    def vector(state):  # the shipped model's feature set (the current one: no dt_ms)
         return D.F.state_vector(state, replay.stats.names)
 
-    assert replay.stats.names == D.F.LEGACY_SCALAR_NAMES
+    assert replay.stats.names == D.F.SCALAR_NAMES
     replay.propose(vector(states[0]))  # its answer came late: NO_SIGNAL stays applied
     expected = []
     for s in states[2:5]:
@@ -150,12 +150,15 @@ def test_int8_and_the_early_exit_stay_close_in_log_probability(states):
 
     f32 = log_probs(precision="float32", early_exit_layers=4)
     int8 = log_probs(precision="int8", early_exit_layers=4)
-    assert np.abs(int8 - f32).max() < np.log(2.0), np.abs(int8 - f32).max()
+    err = np.abs(int8 - f32).max(axis=0)  # per class: L4S, classic
+    # The coupled model: p_C = p'^2 doubles an error in p', so classic is bound looser. Seen on
+    # these states: L4S within 1.42x, classic within 2.73x (the model card's "Limits").
+    assert err[0] < np.log(2.0) and err[1] < np.log(3.0), err
 
 
 def test_the_default_checkpoints_live_in_the_repository():
-    assert DEFAULT_CHECKPOINT == ROOT / "models" / "aqm-llm"
-    assert DEFAULT_STUDENT == ROOT / "models" / "aqm-llm-student"
+    assert DEFAULT_CHECKPOINT == ROOT / "models" / "aqm-llm-coupled"
+    assert DEFAULT_STUDENT == ROOT / "models" / "aqm-llm-coupled-student"
 
 
 @needs_root

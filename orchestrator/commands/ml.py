@@ -51,12 +51,12 @@ def _settings(ctx: click.Context, kind: type, config: str | None, values: dict[s
 
 @click.command()
 @click.option("--config", type=click.Path(dir_okay=False),
-              help="YAML file of these settings (models/aqm-llm/train.yaml); options override it.")
+              help="YAML file of these settings (models/aqm-llm-coupled/train.yaml); options override it.")
 @click.option("--pool", multiple=True, type=click.Path(exists=True),
               help="pool.parquet, a run directory or a directory of runs (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False), help="Checkpoint directory.")
 @click.option("--export", type=click.Path(file_okay=False),
-              help="Also copy the final model, without optimizer state, here (models/aqm-llm).")
+              help="Also copy the final model, without optimizer state, here (models/aqm-llm-coupled).")
 @click.option("--steps", type=int, help="[300]")
 @click.option("--batch", type=int, help="[16]")
 @click.option("--lr", type=float, help="[3e-4]")
@@ -120,7 +120,7 @@ def train(ctx: click.Context, **values: Any) -> None:
 
 @click.command()
 @click.option("--config", type=click.Path(dir_okay=False),
-              help="YAML file of these settings (models/aqm-llm-student/distill.yaml).")
+              help="YAML file of these settings (models/aqm-llm-coupled-student/distill.yaml).")
 @click.option("--checkpoint", type=click.Path(exists=True, file_okay=False))
 @click.option("--pool", multiple=True, type=click.Path(exists=True))
 @click.option("--out", type=click.Path(file_okay=False), help="Student directory.")

@@ -1,7 +1,7 @@
 """Training and distillation configs: one small YAML file instead of twenty options.
 
-    testbed train --config models/aqm-llm/train.yaml            # the shipped model's recipe
-    testbed train --config models/aqm-llm/train.yaml --steps 50  # an option overrides the file
+    testbed train --config models/aqm-llm-coupled/train.yaml            # the shipped model's recipe
+    testbed train --config models/aqm-llm-coupled/train.yaml --steps 50  # an option overrides the file
 
 Keys are the long option names with underscores (`lora_rank`, `ckpt_every`, ...); lists may be
 YAML lists or comma-separated strings. Relative paths in the file are relative to the

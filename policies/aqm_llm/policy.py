@@ -53,8 +53,9 @@ from typing import Any, ClassVar
 from policies import base
 from policies.base import CLASSES, ClassDecision, Decision, Params, Policy, QueueConfig, QueueState
 
-# the shipped model (models/aqm-llm/MODEL_CARD.md): what `--policy aqm-llm` runs by default
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "aqm-llm"
+# the shipped model (models/aqm-llm-coupled/MODEL_CARD.md): what `--policy aqm-llm` runs by
+# default; models/aqm-llm is the first one (softmax head), kept for comparison
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "aqm-llm-coupled"
 DEPLOY_KEYS = ("early_exit_layers", "precision", "kv_cache", "refill", "threads", "l4s_step_ms",
                "target_return")
 NO_SIGNAL = [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]  # Decision(): enqueue everything, per class
@@ -67,7 +68,7 @@ def _param(default: Any, help_: str) -> Any:
 @dataclass
 class AqmLlmParams(Params):
     checkpoint: str = _param("", "checkpoint directory (testbed train --out); empty: the shipped "
-                                 "models/aqm-llm")
+                                 "models/aqm-llm-coupled")
     early_exit_layers: int = _param(0, "run only N decoder layers (a trained exit); 0: the "
                                        "checkpoint's deploy setting, else all")
     kv_cache: bool = _param(True, "keep keys/values across updates")

@@ -35,8 +35,9 @@ from policies.base import CLASSES, HISTORY_LEN, Decision, Params, Policy, QueueC
 from policies.errors import PolicyError as UserError
 
 FORMAT = "aqm-llm-student/1"
-# the shipped student (models/aqm-llm/MODEL_CARD.md): what `--policy aqm-llm-student` runs
-DEFAULT_STUDENT = Path(__file__).resolve().parents[2] / "models" / "aqm-llm-student"
+# the shipped student (models/aqm-llm-coupled/MODEL_CARD.md): what `--policy aqm-llm-student`
+# runs; models/aqm-llm-student is the first model's, kept for comparison
+DEFAULT_STUDENT = Path(__file__).resolve().parents[2] / "models" / "aqm-llm-coupled-student"
 
 
 def student_inputs(f: Features) -> np.ndarray:
@@ -125,8 +126,9 @@ class Student:
 
 @dataclass
 class StudentParams(Params):
-    checkpoint: str = field(default="", metadata={"help": "student directory (testbed distill --out); "
-                                                          "empty: the shipped models/aqm-llm-student"})
+    checkpoint: str = field(default="", metadata={
+        "help": "student directory (testbed distill --out); "
+                "empty: the shipped models/aqm-llm-coupled-student"})
     l4s_step_ms: float = field(default=1.0, metadata={"help": "L4S step-mark threshold in ms; 0 disables"})
     native: bool = field(default=True, metadata={
         "help": "decide in one C call (compiled on first use; numpy if no compiler); false: numpy"})
