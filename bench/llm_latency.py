@@ -125,7 +125,7 @@ def live(names: list[str], testbed: str | None, duration: float, repeat: int) ->
     from pathlib import Path
 
     from orchestrator import providers
-    from orchestrator.commands.run import parse_policy_args
+    from orchestrator.commands.run import parse_policy_spec
     from orchestrator.experiment.run import Run, RunConfig
     from orchestrator.spec import schema
 
@@ -133,7 +133,7 @@ def live(names: list[str], testbed: str | None, duration: float, repeat: int) ->
     if own:
         spec = schema.load(Path(__file__).resolve().parents[1] / "testbeds" / "mininet-like.yaml")
         spec = spec.model_copy(update={"name": "llmbench"})
-        tbmod_down("llmbench")
+        providers.down("llmbench")  # a leftover of an interrupted run
         providers.up(spec)
         testbed = "llmbench"
     try:
@@ -145,8 +145,7 @@ def live(names: list[str], testbed: str | None, duration: float, repeat: int) ->
         print(f"{'policy':>28} {'decisions':>9} {'missed':>7} {'missed %':>8} {'busy':>5} "
               f"{'decide p50':>10} {'p99':>9} {'compute p50':>11} {'p99':>9}  goal")
         for spec_text in names:
-            name, _, arg_text = spec_text.partition(":")
-            args = parse_policy_args(tuple(a for a in arg_text.split(",") if a))
+            name, args = parse_policy_spec(spec_text)
             for rep in range(repeat):
                 config = RunConfig(policy=name, policy_args=args, duration_s=duration, seed=1 + rep,
                                    results_root=Path("results") / "bench-llm-live")
@@ -154,22 +153,15 @@ def live(names: list[str], testbed: str | None, duration: float, repeat: int) ->
                 live_row(spec_text, run_dir)
     finally:
         if own:
-            tbmod_down("llmbench")
-
-
-def tbmod_down(name: str) -> None:
-    import subprocess
-    import sys
-
-    subprocess.run([sys.executable, "-m", "orchestrator.cli", "down", name], capture_output=True, check=False)
+            providers.down("llmbench")
 
 
 def live_row(label: str, run_dir) -> None:
-    import json
+    from orchestrator.experiment.results import read_json
 
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_json(run_dir / "summary.json")
     counters_path = run_dir / "telemetry" / "nfqueue-counters.json"
-    control = json.loads(counters_path.read_text()).get("control", {}) if counters_path.exists() else {}
+    control = read_json(counters_path).get("control", {}) if counters_path.exists() else {}
     n, missed = summary.get("decisions") or 0, summary.get("missed_deadlines") or 0
     p50, p99 = summary.get("decide_us_p50") or float("nan"), summary.get("decide_us_p99") or float("nan")
     c50 = control.get("worker_compute_us_p50", float("nan"))

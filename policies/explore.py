@@ -26,8 +26,7 @@ from dataclasses import replace
 import numpy as np
 
 from policies.base import ClassDecision, Decision, Policy, QueueConfig, QueueState
-
-K_DEFAULT = 2.0  # RFC 9332's coupling factor, to read a p' off an L4S-only probability
+from policies.coupled import K
 
 
 class Explore(Policy):
@@ -72,7 +71,7 @@ def base_probability(decision: Decision) -> float:
     """p' of a decision: sqrt(p_C), else p_L / k, of the per-class signal probabilities."""
     p_c = decision.classic.p_drop + decision.classic.p_mark
     p_l = decision.l4s.p_drop + decision.l4s.p_mark
-    return math.sqrt(p_c) if p_c > 0 else p_l / K_DEFAULT
+    return math.sqrt(p_c) if p_c > 0 else p_l / K  # RFC 9332's coupling factor (DualPI2's default)
 
 
 def explore(decision: Decision, factor: float, floor: float) -> Decision:
@@ -80,7 +79,7 @@ def explore(decision: Decision, factor: float, floor: float) -> Decision:
     p = base_probability(decision)
     if p < floor:  # nothing (or next to nothing) signalled: signal at the floor, coupled
         p = floor * factor
-        return Decision(l4s=replace(decision.l4s, p_drop=0.0, p_mark=min(1.0, K_DEFAULT * p)),
+        return Decision(l4s=replace(decision.l4s, p_drop=0.0, p_mark=min(1.0, K * p)),
                         classic=replace(decision.classic, p_drop=0.0, p_mark=p * p))
     return Decision(l4s=_scale(decision.l4s, factor), classic=_scale(decision.classic, factor ** 2))
 

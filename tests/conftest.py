@@ -21,6 +21,18 @@ def run_cli(*args: str, timeout: float = 120, check: bool = False) -> subprocess
     return res
 
 
+def one_clear_line(res: subprocess.CompletedProcess, *words: str) -> str:
+    """The error line; asserts non-zero exit, no traceback, one line, and the words in it."""
+    assert res.returncode != 0, res.stdout
+    err = res.stderr.strip()
+    assert "Traceback" not in err and "Traceback" not in res.stdout, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
 def unique_name(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:4]}"
 

@@ -16,21 +16,11 @@ from policies.aqm_llm import dataset as D
 from policies.aqm_llm.checkpoint import save_checkpoint
 from policies.aqm_llm.model import AqmLlm, ModelConfig
 
-from conftest import ROOT, dumbbell_yaml, needs_root, run_cli, unique_name
+from conftest import ROOT, dumbbell_yaml, needs_root, one_clear_line, run_cli, unique_name
 
 torch.set_num_threads(1)
 
 
-def one_line_error(res, *needles: str) -> str:
-    """The command failed with exactly one line on stderr, containing every needle."""
-    assert res.returncode != 0, res.stdout
-    out = res.stdout + res.stderr
-    assert "Traceback" not in out, out
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, res.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +66,11 @@ def broken_copy(src, dst, **changes):
 ])
 def test_a_bad_train_config_is_one_line(tmp_path, text, needles):
     (tmp_path / "bad.yaml").write_text(text)
-    one_line_error(run_cli("train", "--config", str(tmp_path / "bad.yaml")), *needles)
+    one_clear_line(run_cli("train", "--config", str(tmp_path / "bad.yaml")), *needles)
 
 
 def test_a_missing_train_config_is_one_line(tmp_path):
-    one_line_error(run_cli("train", "--config", str(tmp_path / "none.yaml")), "none.yaml", "file not found")
+    one_clear_line(run_cli("train", "--config", str(tmp_path / "none.yaml")), "none.yaml", "file not found")
 
 
 def test_options_override_the_config_file(tmp_path, pool_file):
@@ -102,7 +92,7 @@ def test_options_override_the_config_file(tmp_path, pool_file):
 
 def test_a_bad_distill_config_is_one_line(tmp_path):
     (tmp_path / "bad.yaml").write_text("hiden: [8]\n")
-    one_line_error(run_cli("distill", "--config", str(tmp_path / "bad.yaml")), "bad.yaml: hiden: unknown key")
+    one_clear_line(run_cli("distill", "--config", str(tmp_path / "bad.yaml")), "bad.yaml: hiden: unknown key")
 
 
 # ---- testbed run --policy aqm-llm / aqm-llm-student on a testbed that is up
@@ -165,7 +155,7 @@ def test_a_bad_model_or_parameter_is_one_line_on_a_testbed_that_is_up(testbed_up
     for spec, needles in bad_checkpoints(tiny_checkpoint, tmp_path):
         res = run_cli("run", "--testbed", testbed_up, "--policy", spec, "--duration", "2",
                       "--results", str(results))
-        one_line_error(res, "error:", *needles)
+        one_clear_line(res, "error:", *needles)
     assert not results.exists() or not any(results.iterdir())  # nothing started
 
 

@@ -12,21 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, dumbbell_yaml, needs_root, run_cli, unique_name
+from conftest import ROOT, dumbbell_yaml, needs_root, one_clear_line, run_cli, unique_name
 
 SCENARIO = "scenario:\n  duration: 2s\n  flows:\n  - {name: a, kind: tcp, src: s1, dst: rx}\n"
-
-
-def one_clear_line(res: subprocess.CompletedProcess, *words: str) -> str:
-    """The error line; asserts non-zero exit, no traceback, one line, and the words in it."""
-    assert res.returncode != 0, res.stdout
-    err = res.stderr.strip()
-    assert "Traceback" not in err and "Traceback" not in res.stdout, err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    return lines[0]
 
 
 # ---------------------------------------------------------------- run-time errors

@@ -10,7 +10,7 @@ import pytest
 import policies
 from orchestrator.errors import SpecError
 from orchestrator.experiment import collect
-from policies.base import ClassState, QueueConfig, QueueState
+from policies.base import ClassState, QueueState
 from policies.dualpi2 import DualPi2
 from policies.explore import explore
 
@@ -160,6 +160,3 @@ def test_red_thresholds_follow_the_points_bdp(tmp_path) -> None:
     assert slow.thresholds(10e6) == pytest.approx((0.2 * bdp_pkts[10e6], 0.6 * bdp_pkts[10e6]))
     assert fast.thresholds(100e6) == pytest.approx((0.2 * bdp_pkts[100e6], 0.6 * bdp_pkts[100e6]))
 
-
-def test_queue_config_default_is_single_fifo() -> None:
-    assert QueueConfig().dualq is False

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from orchestrator.commands.run import parse_policy_args
+from orchestrator.commands.run import parse_policy_spec
 from orchestrator.errors import POLICY_ERRORS, UserError
 
 
@@ -24,7 +24,6 @@ def collect(matrix: str, out: str, name: str | None, shard: str) -> None:
     from orchestrator import providers
     from orchestrator.commands.view import RunProgress
     from orchestrator.experiment import collect as col
-    from orchestrator.experiment.points import is_complete
 
     try:
         part = col.parse_shard(shard)
@@ -32,8 +31,7 @@ def collect(matrix: str, out: str, name: str | None, shard: str) -> None:
         raise UserError(f"--shard: {e}") from None
     tb = providers.load(name)
     state = col.start(matrix, Path(out), part)
-    todo = [p for i, p in enumerate(state["points"])
-            if not p["held_out"] and not is_complete(p) and col.in_shard(i, part)]
+    todo = [p for i, p in enumerate(state["points"]) if col.to_collect(i, p, part)]
     click.echo(f"{len(todo)} scenarios to run in shard {part[0]}/{part[1]}, "
                f"{sum(p['held_out'] for p in state['points'])} held out")
     with RunProgress() as progress:
@@ -62,8 +60,7 @@ def evaluate(out: str, specs: tuple[str, ...], repeat: int, name: str | None) ->
         raise UserError(f"--repeat: expected 1 or more, got {repeat}")
     chosen = []
     for spec in specs or ("dualpi2", "pie"):
-        policy, _, args = spec.partition(":")
-        parsed = parse_policy_args(tuple(a for a in args.split(",") if a))
+        policy, parsed = parse_policy_spec(spec)
         try:  # every spec before the first run: a typo in the last must not cost the others
             policies.make(policy, parsed)
         except POLICY_ERRORS as e:

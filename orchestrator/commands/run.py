@@ -24,6 +24,13 @@ def parse_policy_args(items: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def parse_policy_spec(text: str) -> tuple[str, dict[str, str]]:
+    """NAME[:KEY=VALUE,...] (as --policy takes it in run, evaluate and the benchmarks) ->
+    (name, arguments)."""
+    name, _, inline = text.partition(":")
+    return name, parse_policy_args(tuple(a for a in inline.split(",") if a))
+
+
 def load_scenario(path: str | None, tb: Any) -> Any:
     """The scenario from FILE, else the testbed file's own."""
     spec = tb.spec()
@@ -77,10 +84,8 @@ def run(policy: str | None, datapath: str | None, scenario_file: str | None, dur
         sweep_dir = Path(resume)
     else:
         scenario = load_scenario(scenario_file, tb)
-        policy, _, inline = (policy or "").partition(":")  # NAME:KEY=VALUE,... as evaluate takes it
-        policy = policy or None
-        inline_args = tuple(a for a in inline.split(",") if a)
-        args = {**scenario.policy_args, **parse_policy_args(inline_args), **parse_policy_args(policy_args)}
+        policy, inline_args = parse_policy_spec(policy or "")  # NAME:KEY=VALUE,... as evaluate takes it
+        args = {**scenario.policy_args, **inline_args, **parse_policy_args(policy_args)}
         config = RunConfig(policy=policy or scenario.policy or "dualpi2",
                            datapath=datapath or scenario.datapath or DEFAULT_DATAPATH,
                            policy_args=args, duration_s=duration, seed=seed)

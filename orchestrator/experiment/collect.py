@@ -272,7 +272,7 @@ def collect(tb: Testbed, out: Path, progress: Callable[[str, float], None] | Non
         raise UserError(f"{out}: collected as shard {recorded[0]}/{recorded[1]}, not {shard[0]}/{shard[1]}; "
                         "use another --out for another shard")
     for i, point in enumerate(state["points"]):
-        if point["held_out"] or is_complete(point) or not in_shard(i, shard):
+        if not to_collect(i, point, shard):
             continue
         # behaviour_args: absent in plans made before issue 14 item 5 (their behaviours ran bare)
         config = RunConfig(policy=point["behaviour"], policy_args=point.get("behaviour_args", {}),
@@ -286,6 +286,11 @@ def collect(tb: Testbed, out: Path, progress: Callable[[str, float], None] | Non
     if not runs:
         raise UserError("no training runs: every scenario of this shard is held out")
     return build_pool(runs, out / "pool.parquet")
+
+
+def to_collect(index: int, point: dict[str, Any], shard: tuple[int, int]) -> bool:
+    """A training point of this shard that has not run yet."""
+    return not point["held_out"] and not is_complete(point) and in_shard(index, shard)
 
 
 def evaluate(tb: Testbed, out: Path, policies: list[tuple[str, dict[str, Any]]], repeat: int,

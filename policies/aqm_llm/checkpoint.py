@@ -50,6 +50,14 @@ def read_json(path: Path, what: str = "checkpoint") -> dict[str, Any]:
     return data
 
 
+def read_stats(directory: Path, what: str = "checkpoint") -> NormStats:
+    """The normalisation statistics saved beside a model (stats.json), or one line."""
+    try:
+        return NormStats.from_json((directory / "stats.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{what} {directory}: bad stats.json: {e}") from None
+
+
 def resolve(path: str | Path) -> Path:
     """The checkpoint directory itself, or the one latest.json of a training directory names."""
     p = Path(path).expanduser()
@@ -135,11 +143,7 @@ def load_checkpoint(path: str | Path,
         raise UserError(f"checkpoint {p}: trained on a backbone of width {config['width']} and depth "
                         f"{config['depth']}; {cfg.backbone!r} has width {shape[0]} and depth {shape[1]}")
     _load_weights(model, p)
-    try:
-        stats = NormStats.from_json((p / "stats.json").read_text())
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"checkpoint {p}: bad stats.json: {e}") from None
-    return model.eval(), stats, config
+    return model.eval(), read_stats(p), config
 
 
 def _load_weights(model: AqmLlm, p: Path) -> None:
@@ -204,7 +208,7 @@ def export(path: str | Path, dest: str | Path) -> Path:
     src = resolve(path)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    config = json.loads((src / "config.json").read_text())
+    config = read_json(src / "config.json")
     config.pop("optimizer_groups", None)
     for name in SHIPPED_FILES:
         if name == "config.json":

@@ -131,13 +131,8 @@ def distill(checkpoint: str | Path, pool: pd.DataFrame | str | Path | Sequence[s
     teacher = AqmLlmPolicy(AqmLlmParams(checkpoint=str(checkpoint), early_exit_layers=early_exit_layers,
                                         threads=threads))
     labels = teacher_labels(teacher, frame, progress)
-    weights, metrics = fit_student(labels, hidden, steps, seed=seed, log_weight=log_weight)
-    student = Student({k: v for i, (w, b) in enumerate(weights) for k, v in ((f"w{i}", w), (f"b{i}", b))},
-                      teacher.stats)
-    meta = {"teacher": str(checkpoint), "teacher_settings": teacher.settings,
-            "states": len(labels["x"]), "steps": steps, "seed": seed, "log_weight": log_weight, **metrics}
-    student.save(out, meta)
-    return {"out": str(out), **meta}
+    return _fit_and_save(labels, teacher.stats, out, {"teacher": str(checkpoint), "teacher_settings":
+                         teacher.settings}, hidden=hidden, steps=steps, seed=seed, log_weight=log_weight)
 
 
 def clone_pool(pool: pd.DataFrame | str | Path | Sequence[str | Path], out: str | Path, steps: int = 2000,
@@ -157,11 +152,19 @@ def clone_pool(pool: pd.DataFrame | str | Path | Sequence[str | Path], out: str 
               "episode": np.repeat(np.arange(len(eps.names)), eps.end - eps.start)}
     if not learn_explored and eps.explore is not None:
         labels = {k: v[eps.explore == 0] for k, v in labels.items()}
+    return _fit_and_save(labels, stats, out, {"teacher": "none: the pool's recorded decisions (behaviour "
+                         "cloning, no LLM)"}, hidden=hidden, steps=steps, seed=seed, log_weight=log_weight,
+                         learn_explored=learn_explored)
+
+
+def _fit_and_save(labels: dict[str, np.ndarray], stats: F.NormStats, out: str | Path, source: dict[str, Any],
+                  hidden: Sequence[int], steps: int, seed: int, log_weight: float,
+                  **extra: Any) -> dict[str, Any]:
+    """Fit the student to `labels`, save it with its provenance in `out`; the metadata back."""
     weights, metrics = fit_student(labels, hidden, steps, seed=seed, log_weight=log_weight)
     student = Student({k: v for i, (w, b) in enumerate(weights) for k, v in ((f"w{i}", w), (f"b{i}", b))},
                       stats)
-    meta = {"teacher": "none: the pool's recorded decisions (behaviour cloning, no LLM)",
-            "states": len(labels["x"]), "steps": steps, "seed": seed, "log_weight": log_weight,
-            "learn_explored": learn_explored, **metrics}
+    meta = {**source, "states": len(labels["x"]), "steps": steps, "seed": seed, "log_weight": log_weight,
+            **extra, **metrics}
     student.save(out, meta)
     return {"out": str(out), **meta}

@@ -140,6 +140,7 @@ class AqmLlmPolicy(Policy):
         import torch
 
         from policies.aqm_llm.checkpoint import load_checkpoint
+        from policies.aqm_llm.features import state_vector
         from policies.aqm_llm.model import PRECISIONS
 
         p: AqmLlmParams = self.params  # type: ignore[assignment]
@@ -157,6 +158,7 @@ class AqmLlmPolicy(Policy):
         self.settings = resolved(p, deploy)  # what runs: params over the checkpoint's deploy
         torch.set_num_threads(max(1, self.settings["threads"]))
         self.model, self.stats = model.eval(), stats
+        self._state_vector = state_vector  # bound once: update() runs every tupdate
         self.model.set_exit(self.settings["early_exit_layers"] or self.model.depth)
         self.model.for_inference(self.settings["precision"])
         if not 1 <= self.settings["refill"] <= self.model.cfg.window:
@@ -217,18 +219,18 @@ class AqmLlmPolicy(Policy):
             hidden = self.context.decide(self.model.step_tokens(self.rtg, feats))
             return self.model.probs(self.model.head(hidden).double())
 
+    def vector(self, state: QueueState) -> Any:
+        """The raw state vector in this model's feature set (features.state_vector)."""
+        return self._state_vector(state, self.stats.names)
+
     def probabilities(self, state: QueueState) -> Any:
         """[2, 3] float64 tensor: per class (enqueue, drop, mark), taken as applied (offline:
         distillation, tests)."""
-        from policies.aqm_llm.features import state_vector
-
-        probs = self.propose(state_vector(state, self.stats.names))
+        probs = self.propose(self.vector(state))
         self.applied = probs.tolist()
         return probs
 
     def update(self, state: QueueState) -> Decision:
-        from policies.aqm_llm.features import state_vector
-
         t0 = time.perf_counter()
         if self.worker is not None and not self.prioritised:
             from policies.aqm_llm.worker import prioritise_control_thread
@@ -237,7 +239,7 @@ class AqmLlmPolicy(Policy):
         if self.worker is not None and self.params.pipelined:
             probs, self.late = self._pipelined(state, t0)
         else:
-            vector = state_vector(state, self.stats.names)
+            vector = self.vector(state)
             if self.worker is not None:
                 probs = self.worker.decide(vector, self.applied, t0 + self.settings["deadline_ms"] / 1e3)
             else:
@@ -259,8 +261,6 @@ class AqmLlmPolicy(Policy):
         it is not there yet, it gets at most a grace of half the deadline (the control loop
         then still has half a tick for itself), else it is late: dropped when it comes, and
         the decision in force is what the model's context commits for that step."""
-        from policies.aqm_llm.features import state_vector
-
         fresh, first = None, False
         if self.stale:  # the answer of an earlier tick came too late: drop it, then start afresh
             if not self.worker.drop_late():
@@ -275,7 +275,7 @@ class AqmLlmPolicy(Policy):
             first = True  # nothing computed yet, so nothing is late
         # what was applied after the previous step: its answer, or the decision kept in force
         applied = fresh if fresh is not None else self.applied
-        self.worker.submit(state_vector(state, self.stats.names), applied)
+        self.worker.submit(self.vector(state), applied)
         return fresh, fresh is None and not first
 
     def latency_stats(self) -> dict[str, float]:
@@ -287,10 +287,11 @@ def resolved(p: AqmLlmParams, deploy: dict[str, Any]) -> dict[str, Any]:
     """Deployment settings: a parameter given explicitly wins over the checkpoint's deploy."""
     defaults = AqmLlmParams()
     out = {}
-    for key in (*DEPLOY_KEYS, "deadline_ms"):
+    for key in DEPLOY_KEYS:
         value = getattr(p, key)
         unset = value == getattr(defaults, key) or (isinstance(value, float) and math.isnan(value))
         out[key] = deploy[key] if unset and key in deploy else value
+    out["deadline_ms"] = p.deadline_ms  # never a deploy key (_deploy refuses others)
     if out["precision"] == "auto":
         out["precision"] = "float32"
     return out

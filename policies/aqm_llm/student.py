@@ -18,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 from safetensors.numpy import save_file
 
-from policies.aqm_llm.checkpoint import load_safetensors, read_json, refuse_pickles
+from policies.aqm_llm.checkpoint import load_safetensors, read_json, read_stats, refuse_pickles
 from policies.aqm_llm.features import (
     CLIP,
     DT_NAME,
@@ -107,10 +107,7 @@ class Student:
             raise UserError(f"student {p}: student.json key 'format': {info.get('format')!r}, "
                             f"expected {FORMAT!r}")
         weights = load_safetensors(p / "student.safetensors", numpy=True)
-        try:
-            stats = NormStats.from_json((p / "stats.json").read_text())
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"student {p}: bad stats.json: {e}") from None
+        stats = read_stats(p, "student")
         names = [f"{k}{i}" for i in range(len(weights) // 2) for k in "wb"]
         if not weights or sorted(weights) != sorted(names):
             raise UserError(f"student {p}: student.safetensors holds {sorted(weights)[:4]}, "
