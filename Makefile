@@ -15,6 +15,7 @@ test: setup
 	.venv/bin/python -m pytest -q -rs tests
 
 model: setup
+	.venv/bin/testbed train --config models/aqm-llm-anchored/train.yaml
 	.venv/bin/testbed train --config models/aqm-llm-coupled/train.yaml
 	.venv/bin/testbed distill --config models/aqm-llm-coupled-student/distill.yaml
 

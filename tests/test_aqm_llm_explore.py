@@ -106,8 +106,11 @@ def test_skipping_explored_steps_keeps_them_out_of_the_targets() -> None:
     from policies.aqm_llm.train import _Run
 
     run = _Run.__new__(_Run)
-    b = {"valid": torch.tensor([[1.0, 1.0, 1.0, 0.0]]), "explore": torch.tensor([[0.0, 1.0, 0.0, 0.0]])}
+    valid = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # gather's weight: valid, times AWR's if any
+    b = {"valid": valid, "weight": valid, "explore": torch.tensor([[0.0, 1.0, 0.0, 0.0]])}
     run.learn_explored = True
     assert run.targets(b).tolist() == [[1.0, 1.0, 1.0, 0.0]]
     run.learn_explored = False
     assert run.targets(b).tolist() == [[1.0, 0.0, 1.0, 0.0]]
+    b["weight"] = valid * torch.tensor([[2.0, 3.0, 0.5, 7.0]])  # advantage weights (value.py)
+    assert run.targets(b).tolist() == [[2.0, 0.0, 0.5, 0.0]]

@@ -63,8 +63,14 @@ def test_the_shipped_student_is_the_default_and_decides_deterministically(states
     assert ((first >= 0) & (first <= 1)).all()
 
 
+# The worker's mechanics (pipelining, late answers, the context) on the coupled model, whose
+# pipelined answer is exactly the previous state's; the shipped anchored model re-anchors its
+# answer on the current tick (tests/test_aqm_llm_anchored.py checks that through the worker).
+COUPLED = str(ROOT / "models" / "aqm-llm-coupled")
+
+
 def in_loop(args: dict, states: list, pause_s: float) -> tuple[np.ndarray, ControlLoop]:
-    policy = policies.make("aqm-llm", args)
+    policy = policies.make("aqm-llm", {"checkpoint": COUPLED, **args})
     loop = ControlLoop(policy, tupdate_s=0.016, log_dir=None, deadline_s=60.0)
     out = []
     try:
@@ -79,14 +85,14 @@ def in_loop(args: dict, states: list, pause_s: float) -> tuple[np.ndarray, Contr
 
 
 def test_the_worker_decides_what_the_in_process_model_decides(states):
-    here = decisions(policies.make("aqm-llm", {"worker": "false"}), states)
+    here = decisions(policies.make("aqm-llm", {"worker": "false", "checkpoint": COUPLED}), states)
     waited, loop = in_loop({"pipelined": "false", "deadline_ms": "60000"}, states, 0.0)
     np.testing.assert_allclose(waited, here, rtol=1e-9, atol=1e-12)
     assert loop.missed == 0 and loop.stats()["worker_answers"] == len(states)
 
 
 def test_pipelined_the_decision_of_each_tick_comes_from_the_previous_state(states):
-    here = decisions(policies.make("aqm-llm", {"worker": "false"}), states)
+    here = decisions(policies.make("aqm-llm", {"worker": "false", "checkpoint": COUPLED}), states)
     piped, loop = in_loop({}, states, 0.25)  # ample time: no answer is late
     assert loop.missed == 0 and loop.stats()["worker_compute_us_p50"] > 0
     assert (piped[0] == 0).all()  # nothing computed yet: no signal
@@ -98,7 +104,7 @@ def test_pipelined_a_late_answer_is_dropped_and_the_worker_context_holds_what_wa
     are late and keep no signal; state 2 is never sent (the worker was busy); the worker
     commits no signal, not its own late proposal, after state 1. An in-process replay of
     exactly that gives the decisions applied at ticks 4-6."""
-    policy = policies.make("aqm-llm", {})
+    policy = policies.make("aqm-llm", {"checkpoint": COUPLED})
     loop = ControlLoop(policy, tupdate_s=0.016, log_dir=None, deadline_s=60.0)
     real_collect, out = policy.worker.collect, []
     try:
@@ -112,7 +118,7 @@ def test_pipelined_a_late_answer_is_dropped_and_the_worker_context_holds_what_wa
     assert loop.missed == 2 and loop.stats()["worker_late_answers_dropped"] == 1
     out = np.array(out)
     assert (out[:3] == 0).all()
-    replay = policies.make("aqm-llm", {"worker": "false"})
+    replay = policies.make("aqm-llm", {"worker": "false", "checkpoint": COUPLED})
     def vector(state):  # the shipped model's feature set (the current one: no dt_ms)
         return D.F.state_vector(state, replay.stats.names)
 
@@ -130,7 +136,7 @@ def test_a_late_answer_keeps_the_decision_in_force_and_the_context_holds_it(stat
     """Every answer misses a deadline of 1 us: the loop keeps Decision() (no signal), counts each
     miss, and the model's context commits that applied action; the model's own proposals, which
     differ, never enter it."""
-    policy = policies.make("aqm-llm", {"worker": "false", "deadline_ms": "0.001"})
+    policy = policies.make("aqm-llm", {"worker": "false", "deadline_ms": "0.001", "checkpoint": COUPLED})
     loop = ControlLoop(policy, tupdate_s=0.016, log_dir=None, deadline_s=60.0)
     for s in states[:5]:
         assert loop.step(s, 0.0) == Decision()

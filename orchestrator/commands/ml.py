@@ -76,9 +76,14 @@ def _settings(ctx: click.Context, kind: type, config: str | None, values: dict[s
               help="Learn the explored steps' actions too, or keep them as context only. [learn]")
 @click.option("--action-dropout", type=float,
               help="Share of context action tokens blanked in training (0-1). [0]")
-@click.option("--action", type=click.Choice(["softmax", "coupled"]),
-              help="Action head: softmax (per-class enqueue/drop/mark) or coupled (log10 p' + "
-                   "gate + k, DualPI2's coupling built in). [softmax]")
+@click.option("--awr-beta", type=float,
+              help="Advantage-weighted regression temperature, in advantage std (0: off). [0]")
+@click.option("--action", type=click.Choice(["softmax", "coupled", "anchored"]),
+              help="Action head: softmax (per-class enqueue/drop/mark), coupled (log10 p' + "
+                   "gate + k, DualPI2's coupling built in) or anchored (a bounded correction to "
+                   "DualPI2's own p'). [softmax]")
+@click.option("--anchor-span", type=float,
+              help="Anchored head: the most p' departs from DualPI2's, in decades. [1.0]")
 @click.option("--exclude-scenario", "exclude", multiple=True,
               help="Leave this scenario's runs out (held out for evaluation; repeatable).")
 @click.option("--resume/--no-resume", default=None, help="[resume]")
@@ -105,9 +110,11 @@ def train(ctx: click.Context, **values: Any) -> None:
     result = do_train(list(c.pool), c.out, steps=c.steps, batch=c.batch, lr=c.lr, seed=c.seed,
                       window=c.window, gamma=c.gamma, horizon_s=c.horizon_s, lora_rank=c.lora_rank,
                       learn_explored=c.learn_explored, action_dropout=c.action_dropout,
+                      awr_beta=c.awr_beta, learn_from=tuple(c.learn_from),
                       lora_alpha=c.lora_alpha,
                       backbone=c.backbone, resume=c.resume, lora_targets=tuple(c.lora_targets),
                       full_finetune=c.full_finetune, layers=c.layers, exits=tuple(c.exits), action=c.action,
+                      anchor_span=c.anchor_span,
                       ckpt_every=c.ckpt_every, val_every=c.val_every, exclude=tuple(c.exclude),
                       deploy=c.deploy, recipe=c.model_dump())
     if result["main_process"]:  # under `accelerate launch` every process returns here

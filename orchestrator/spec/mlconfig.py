@@ -52,6 +52,11 @@ class TrainConfig(BaseModel):
     # share of the context's action tokens blanked in training, so the model cannot just copy
     # the previous action (issue 14, item 3; train.py)
     action_dropout: float = Field(0.0, ge=0, lt=1)
+    # advantage-weighted regression: weight each step by exp(A / (beta std A)) with a value
+    # function of the state alone (issue 14, item 3; value.py); 0 turns it off
+    awr_beta: float = Field(0.0, ge=0, le=100)
+    # learn the actions of these behaviours only (the rest: context and the value's data); empty: all
+    learn_from: list[str] = Field(default_factory=list)
     lora_rank: int = Field(8, ge=0)
     lora_alpha: int = Field(16, ge=1)
     lora_targets: list[str] = ["q_proj", "v_proj"]
@@ -61,9 +66,12 @@ class TrainConfig(BaseModel):
     # "smollm2" (pretrained), "smollm2-random" (its architecture, random weights: the
     # pretraining ablation), "tiny" (tests) or a local Hugging Face causal-LM directory
     backbone: str = "smollm2"
-    # the action head: "softmax" (per-class enqueue/drop/mark, the shipped model) or "coupled"
-    # (DualPI2's base probability in log space with the coupling built in; issue 14)
-    action: Literal["softmax", "coupled"] = "softmax"
+    # the action head: "softmax" (per-class enqueue/drop/mark, the first model), "coupled"
+    # (DualPI2's base probability in log space with the coupling built in; issue 14) or
+    # "anchored" (a bounded correction to DualPI2's own p', run beside the model)
+    action: Literal["softmax", "coupled", "anchored"] = "softmax"
+    # anchored: how far p' may depart from DualPI2's, in decades (0.3: within 2x)
+    anchor_span: float = Field(1.0, gt=0.0, le=4.0)
     exclude: list[str] = Field(default_factory=list)
     resume: bool = True
     ckpt_every: int = Field(100, ge=1)
@@ -72,7 +80,7 @@ class TrainConfig(BaseModel):
     # how the policy runs this model when `aqm-llm` gets no further arguments (policy.py)
     deploy: dict[str, Any] = Field(default_factory=dict)
 
-    _lists = field_validator("pool", "lora_targets", "exits", "exclude", mode="before")(_list)
+    _lists = field_validator("pool", "lora_targets", "exits", "exclude", "learn_from", mode="before")(_list)
 
     @field_validator("backbone")
     @classmethod

@@ -109,16 +109,18 @@ def labels(actions: torch.Tensor) -> dict[str, torch.Tensor]:
             "coupled": coupled.float()}
 
 
-def coupled_loss(out: torch.Tensor, actions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def coupled_loss(out: torch.Tensor, actions: torch.Tensor, valid: torch.Tensor,
+                 gate_loss: bool = True) -> torch.Tensor:
     """BCE(gate) + Huber(log10 p') on rows with p' > 0 + Huber(log10 k) on coupled rows,
-    each a mean over the valid steps it applies to."""
+    each a mean over the valid steps it applies to; gate_loss=False leaves the BCE out (a
+    head whose gate is not learned: anchored.py)."""
     lab = labels(actions)
     gate, log_p, k = parts(out)
     bce = nnf.binary_cross_entropy_with_logits(gate, lab["gate"], reduction="none")
     hub_p = nnf.huber_loss(log_p, lab["log_p"], delta=HUBER_DELTA, reduction="none")
     hub_k = nnf.huber_loss(torch.log10(k), lab["log_k"], delta=HUBER_DELTA, reduction="none")
     on_p, on_k = valid * lab["gate"], valid * lab["coupled"]
-    return ((bce * valid).sum() / valid.sum().clamp(min=1.0)
+    return ((bce * valid).sum() / valid.sum().clamp(min=1.0) * gate_loss
             + (hub_p * on_p).sum() / on_p.sum().clamp(min=1.0)
             + (hub_k * on_k).sum() / on_k.sum().clamp(min=1.0))
 

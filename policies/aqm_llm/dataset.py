@@ -257,6 +257,8 @@ class Episodes:
     names: list[str]
     behaviours: list[str] = dataclasses.field(default_factory=list)  # per episode
     explore: np.ndarray | None = None  # [N] 1 where the behaviour explored (explored_rows())
+    anchor: np.ndarray | None = None  # [N] raw log10 p' of the anchor (anchored feature set only)
+    weight: np.ndarray | None = None  # [N] loss weight per step (advantage weights, value.py)
 
     def __len__(self) -> int:
         return int(self.end[-1]) if len(self.end) else 0
@@ -282,27 +284,41 @@ class Episodes:
                 "mask": self.feats.mask[idx] * v[..., None, None],
                 "actions": (self.actions[idx] * v[..., None, None]).astype(np.float32),
                 "explore": (self.explore[idx] * v if self.explore is not None else 0 * v).astype(np.float32),
+                "anchor": (self.anchor[idx] if self.anchor is not None else 0 * v).astype(np.float32),
+                "weight": (self.weight[idx] * v if self.weight is not None else v).astype(np.float32),
                 "valid": v}
 
 
-def to_episodes(frame: pd.DataFrame, gamma: float, w: RewardWeights = DEFAULT,
-                horizon_s: float = 0.0) -> tuple[Episodes, F.Features]:
-    """Arrays of every episode (features raw, not yet normalised) in one container."""
-    feats, acts, rtgs, lengths, names, kinds, explore = [], [], [], [], [], [], []
+def learn_mask(eps: Episodes, behaviours: Sequence[str]) -> np.ndarray:
+    """[N] float32: 1 on the steps of episodes whose behaviour is one of `behaviours`."""
+    unknown = sorted(set(behaviours) - set(eps.behaviours))
+    if unknown:
+        raise UserError(f"learn_from: no training episode of behaviour {unknown[0]!r} "
+                        f"(the pool has {', '.join(sorted(set(eps.behaviours)))})")
+    per_episode = np.asarray([b in behaviours for b in eps.behaviours], dtype=np.float32)
+    return np.repeat(per_episode, eps.end - eps.start)
+
+
+def to_episodes(frame: pd.DataFrame, gamma: float, w: RewardWeights = DEFAULT, horizon_s: float = 0.0,
+                names: tuple[str, ...] = F.SCALAR_NAMES) -> tuple[Episodes, F.Features]:
+    """Arrays of every episode (features raw, not yet normalised, in the feature set `names`)
+    in one container."""
+    feats, acts, rtgs, lengths, ep_names, kinds, explore = [], [], [], [], [], [], []
     for name, rows in episodes(frame):
         kinds.append(behaviour(name, rows))
         explore.append(explored_rows(rows))
         rows = rows.fillna({k: 0.0 for k in F._flat_keys()})
-        feats.append(F.from_rows(rows))
+        feats.append(F.from_rows(rows, names))
         acts.append(action_targets(rows))
         rtgs.append(returns_to_go(np.asarray(reward_columns(rows, w), dtype=np.float64), gamma,
                                   rows["dt"].to_numpy(np.float64), horizon_s))
         lengths.append(len(rows))
-        names.append(name)
+        ep_names.append(name)
     end = np.cumsum(lengths)
     raw = F.concat(feats)
-    eps = Episodes(raw, np.concatenate(acts), np.concatenate(rtgs), end - np.asarray(lengths), end, names,
-                   kinds, np.concatenate(explore) if explore else None)
+    eps = Episodes(raw, np.concatenate(acts), np.concatenate(rtgs), end - np.asarray(lengths), end, ep_names,
+                   kinds, np.concatenate(explore) if explore else None,
+                   raw.scalars[:, 1].copy() if names[1] == F.ANCHOR_NAME else None)
     return eps, raw
 
 
@@ -331,12 +347,14 @@ def split(frame: pd.DataFrame, val_frac: float, seed: int) -> tuple[pd.DataFrame
 
 
 def prepare(frame: pd.DataFrame, gamma: float, val_frac: float = 0.2, seed: int = 0,
-            w: RewardWeights = DEFAULT, horizon_s: float = 0.0) -> tuple[Episodes, Episodes, F.NormStats]:
-    """Train/validation episodes, normalised with statistics of the training episodes only."""
+            w: RewardWeights = DEFAULT, horizon_s: float = 0.0,
+            names: tuple[str, ...] = F.SCALAR_NAMES) -> tuple[Episodes, Episodes, F.NormStats]:
+    """Train/validation episodes in the feature set `names`, normalised with statistics of the
+    training episodes only."""
     train_rows, val_rows = split(check(frame), val_frac, seed)
-    train, raw = to_episodes(train_rows, gamma, w, horizon_s)
-    stats = F.NormStats.fit(raw, train.rtg)
-    val, _ = to_episodes(val_rows, gamma, w, horizon_s)
+    train, raw = to_episodes(train_rows, gamma, w, horizon_s, names)
+    stats = F.NormStats.fit(raw, train.rtg, names=names)
+    val, _ = to_episodes(val_rows, gamma, w, horizon_s, names)
     for eps in (train, val):
         eps.feats = stats.apply(eps.feats)
     return train, val, stats

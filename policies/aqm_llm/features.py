@@ -20,6 +20,9 @@ is legacy too) and keep getting it. The current set keeps the slot, named `zero`
 0, so both sets have one layout: the encoder's link token, the student's input width and
 native/student.c (which reads dt from its input: it is given 0) are the same for both. The
 set in force is the `names` of the model's NormStats, passed to state_vector and from_rows.
+The anchored set (models with `action: anchored`, anchor.py) puts log10 of DualPI2's own p',
+run beside the model, in that slot: the live policy passes it to state_vector, from_rows
+replays it over the rows.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from policies.aqm_llm import anchor
 from policies.base import CLASSES, HISTORY_LEN, QueueState
 
 CLASS_KEYS = ("sojourn_ms", "sojourn_max_ms", "head_sojourn_ms", "backlog_bytes", "backlog_pkts",
@@ -42,9 +46,10 @@ CLASS_NAMES = tuple(f"log_{k}" for k in CLASS_KEYS) + (
     "arrival_util", "departure_util", "drop_frac", "mark_frac", "log_backlog_ms")
 GROUPS = {"link": len(LINK_NAMES), "l4s": len(CLASS_NAMES), "classic": len(CLASS_NAMES)}
 SCALAR_NAMES = LINK_NAMES + tuple(f"{c}_{n}" for c in CLASSES for n in CLASS_NAMES)
-DT_NAME = "dt_ms"
+DT_NAME, ANCHOR_NAME = "dt_ms", "log_anchor_p"
 LEGACY_SCALAR_NAMES = tuple(DT_NAME if n == "zero" else n for n in SCALAR_NAMES)
-FEATURE_SETS = (SCALAR_NAMES, LEGACY_SCALAR_NAMES)
+ANCHORED_SCALAR_NAMES = tuple(ANCHOR_NAME if n == "zero" else n for n in SCALAR_NAMES)
+FEATURE_SETS = (SCALAR_NAMES, LEGACY_SCALAR_NAMES, ANCHORED_SCALAR_NAMES)
 SERIES = ("l4s_sojourn", "classic_sojourn", "l4s_rate", "classic_rate")
 N_SCALARS, N_SERIES = len(SCALAR_NAMES), len(SERIES)
 CLIP = 10.0
@@ -64,12 +69,14 @@ class _Math:
 
 def scalar_values(cols: Mapping[str, Any], xp: Any = np, names: tuple[str, ...] = SCALAR_NAMES) -> list[Any]:
     """The N_SCALARS raw features, in `names` order (a FEATURE_SETS entry), from
-    QueueState.flat() keys. The second is dt in ms for the legacy set, else 0."""
+    QueueState.flat() keys. The second is dt in ms for the legacy set, log10 of the anchor's
+    p' (cols["anchor_log"]) for the anchored set, else 0."""
     link = xp.maximum(cols["link_rate_bps"], 1.0)
     total_dep = cols["l4s_departure_bps"] + cols["classic_departure_bps"]
     total_backlog = cols["l4s_backlog_bytes"] + cols["classic_backlog_bytes"]
-    dt_ms = cols["dt"] * 1e3 if names[1] == DT_NAME else 0.0
-    out = [xp.log1p(link), dt_ms, total_dep / link, xp.log1p(total_backlog * 8e3 / link)]
+    second = (cols["dt"] * 1e3 if names[1] == DT_NAME
+              else cols["anchor_log"] if names[1] == ANCHOR_NAME else 0.0)
+    out = [xp.log1p(link), second, total_dep / link, xp.log1p(total_backlog * 8e3 / link)]
     for cls in CLASSES:
         v = {k: xp.maximum(cols[f"{cls}_{k}"], 0.0) for k in CLASS_KEYS}
         out += [xp.log1p(v[k]) for k in CLASS_KEYS]
@@ -82,9 +89,10 @@ def scalar_values(cols: Mapping[str, Any], xp: Any = np, names: tuple[str, ...] 
 VECTOR_LEN = N_SCALARS + 2 * N_SERIES * HISTORY_LEN
 
 
-def from_state(state: QueueState, names: tuple[str, ...] = SCALAR_NAMES) -> Features:
-    """Features of one live state (N = 1): views into state_vector(state, names)."""
-    return split_vector(state_vector(state, names))
+def from_state(state: QueueState, names: tuple[str, ...] = SCALAR_NAMES,
+               anchor_log: float = 0.0) -> Features:
+    """Features of one live state (N = 1): views into state_vector(state, names, anchor_log)."""
+    return split_vector(state_vector(state, names, anchor_log))
 
 
 def split_vector(buf: np.ndarray) -> Features:
@@ -95,13 +103,17 @@ def split_vector(buf: np.ndarray) -> Features:
                     buf[N_SCALARS + h:].reshape(1, N_SERIES, HISTORY_LEN))
 
 
-def state_vector(state: QueueState, names: tuple[str, ...] = SCALAR_NAMES) -> np.ndarray:
+def state_vector(state: QueueState, names: tuple[str, ...] = SCALAR_NAMES,
+                 anchor_log: float = 0.0) -> np.ndarray:
     """Raw [scalars, series, mask] of one live state in one vector, for the feature set `names`
-    (the model's NormStats.names). Fast (tens of microseconds, the student's budget): plain
-    floats, no dataclasses.asdict, one allocation."""
+    (the model's NormStats.names); `anchor_log`: the anchor's log10 p' (anchor.Anchor) for the
+    anchored set. Fast (tens of microseconds, the student's budget): plain floats, no
+    dataclasses.asdict, one allocation."""
     buf = np.zeros(VECTOR_LEN)
     f = split_vector(buf)
-    f.scalars[0] = scalar_values(_cols(state), _Math, names)
+    cols = _cols(state)
+    cols["anchor_log"] = anchor_log
+    f.scalars[0] = scalar_values(cols, _Math, names)
     hists = [state.sojourn_history.get(c, ()) for c in CLASSES]
     hists += [state.rate_history.get(c, ()) for c in CLASSES]
     link = max(state.link_rate_bps, 1.0)
@@ -136,8 +148,10 @@ def _cols(state: QueueState) -> dict[str, float]:
 
 def from_rows(frame: pd.DataFrame, names: tuple[str, ...] = SCALAR_NAMES) -> Features:
     """Features of control-loop rows of ONE episode, in time order (history rebuilt from rows),
-    for the feature set `names`."""
+    for the feature set `names` (the anchored set replays the anchor over the rows)."""
     cols = {k: frame[k].to_numpy(np.float64) for k in _flat_keys()}
+    if names[1] == ANCHOR_NAME:
+        cols["anchor_log"] = anchor.series(frame)
     scalars = np.stack(np.broadcast_arrays(*scalar_values(cols, names=names)), axis=1)
     link = np.maximum(cols["link_rate_bps"], 1.0)
     raw = [np.log1p(np.maximum(cols[f"{c}_sojourn_ms"], 0.0)) for c in CLASSES]

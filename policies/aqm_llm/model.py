@@ -20,6 +20,7 @@ runs new tokens through the backbone on top of a KV cache (policy.py keeps the c
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +29,9 @@ import torch
 import torch.nn.functional as nnf
 from torch import nn
 
+from policies.aqm_llm import anchored, coupled
 from policies.aqm_llm import backbone as bb
-from policies.aqm_llm import coupled
+from policies.aqm_llm.anchored import AnchoredHead
 from policies.aqm_llm.coupled import CoupledHead
 from policies.aqm_llm.encoder import N_STATE_TOKENS, StateEncoder
 from policies.aqm_llm.features import Features
@@ -40,7 +42,8 @@ TOKENS_PER_STEP = 1 + N_STATE_TOKENS + 1
 PREDICT_AT = N_STATE_TOKENS  # offset of a step's last state token (the return token is 0)
 NORM_PATHS = ("norm", "ln_f", "final_layernorm", "decoder.final_layer_norm")
 PRECISIONS = ("float32", "bfloat16", "int8")
-ACTIONS = ("softmax", "coupled")
+ACTIONS = ("softmax", "coupled", "anchored")
+LOG_SPACE = ("coupled", "anchored")  # heads whose raw outputs are coupled.py's layout
 
 
 @dataclass
@@ -57,8 +60,10 @@ class ModelConfig:
     hidden: int = 128  # width of the encoder's MLPs
     channels: int = 16  # 1D conv channels per series
     # "softmax": per-class {enqueue, drop, mark} logits (head.L4SHead, the shipped model);
-    # "coupled": gate + log10 p' + k, DualPI2's coupling built in (coupled.py, issue 14)
+    # "coupled": gate + log10 p' + k, DualPI2's coupling built in (coupled.py, issue 14);
+    # "anchored": a bounded correction to DualPI2's own p', run beside it (anchored.py)
     action: str = "softmax"
+    anchor_span: float = 1.0  # anchored head: the most it departs from DualPI2's p', in decades
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -88,7 +93,8 @@ class AqmLlm(nn.Module):
         self.action_embed = ActionEmbedding(width, scale=scale)
         if cfg.action not in ACTIONS:
             raise UserError(f"action {cfg.action!r}: expected one of {', '.join(ACTIONS)}")
-        self.head = CoupledHead(width) if cfg.action == "coupled" else L4SHead(width)
+        self.head = (AnchoredHead(width, cfg.anchor_span) if cfg.action == "anchored"
+                     else CoupledHead(width) if cfg.action == "coupled" else L4SHead(width))
         self._decoder = (decoder,)  # unwrapped and unregistered: its weights live in .backbone
         self.backbone = self._finetunable(decoder)
         self._full_layers = bb.set_depth(decoder, self.depth)
@@ -130,9 +136,10 @@ class AqmLlm(nn.Module):
 
     def forward(self, rtg: torch.Tensor, scalars: torch.Tensor, series: torch.Tensor, mask: torch.Tensor,
                 actions: torch.Tensor, action_keep: torch.Tensor | None = None,
-                **_: Any) -> dict[int, torch.Tensor]:
+                anchor: torch.Tensor | None = None, **_: Any) -> dict[int, torch.Tensor]:
         """Head outputs of each step's action, per exit depth: logits [B, K, 2, 3] (softmax)
-        or raw [B, K, 3] (coupled); `probs` turns either into probabilities."""
+        or raw [B, K, 3] (coupled, anchored: which needs `anchor` [B, K], the anchor's log10
+        p'); `probs` turns either into probabilities."""
         if bb.n_layers(self.decoder) != self.depth:
             raise RuntimeError("forward() runs every trained exit: call set_exit(model.depth) first")
         out = self.backbone(inputs_embeds=self.embed(rtg, scalars, series, mask, actions, action_keep),
@@ -140,8 +147,17 @@ class AqmLlm(nn.Module):
         logits = {}
         for e in self.exits:
             hidden = out.last_hidden_state if e == self.depth else self._final_norm()(out.hidden_states[e])
-            logits[e] = self.head(hidden[:, PREDICT_AT::TOKENS_PER_STEP])
+            logits[e] = self.head_out(hidden[:, PREDICT_AT::TOKENS_PER_STEP], anchor)
         return logits
+
+    def head_out(self, hidden: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
+        """The head on hidden states [..., width]; the anchored head also takes the anchor's
+        log10 p' [...]."""
+        if self.cfg.action != "anchored":
+            return self.head(hidden)
+        if anchor is None:
+            raise RuntimeError("the anchored head needs the anchor's log10 p' (dataset: 'anchor')")
+        return self.head(hidden, anchor)
 
     def _final_norm(self) -> nn.Module:
         for dotted in NORM_PATHS:
@@ -201,10 +217,19 @@ class AqmLlm(nn.Module):
 
     def probs(self, out: torch.Tensor) -> torch.Tensor:
         """Head outputs -> per-class (enqueue, drop, mark) probabilities [..., 2, 3]."""
-        return coupled.probs(out) if self.cfg.action == "coupled" else torch.softmax(out, dim=-1)
+        return coupled.probs(out) if self.cfg.action in LOG_SPACE else torch.softmax(out, dim=-1)
+
+    def base(self, out: torch.Tensor) -> tuple[float, float]:
+        """(p', k) of one step's head outputs; NaN for the softmax head, which has neither."""
+        if self.cfg.action not in LOG_SPACE:
+            return math.nan, math.nan
+        p_base, k = coupled.base_probability(out)
+        return float(p_base), float(k)
 
     def action_loss(self, out: torch.Tensor, actions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """The training loss of head outputs against the behaviour's actions [..., 2, 3]."""
+        if self.cfg.action == "anchored":
+            return coupled.coupled_loss(out, actions, valid * anchored.mask(out), gate_loss=False)
         if self.cfg.action == "coupled":
             return coupled.coupled_loss(out, actions, valid)
         return soft_cross_entropy(out, actions, valid)

@@ -53,12 +53,14 @@ from typing import Any, ClassVar
 from policies import base
 from policies.base import CLASSES, ClassDecision, Decision, Params, Policy, QueueConfig, QueueState
 
-# the shipped model (models/aqm-llm-coupled/MODEL_CARD.md): what `--policy aqm-llm` runs by
-# default; models/aqm-llm is the first one (softmax head), kept for comparison
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "aqm-llm-coupled"
+# the shipped model (models/aqm-llm-anchored/MODEL_CARD.md): what `--policy aqm-llm` runs by
+# default; models/aqm-llm-coupled (coupled head) and models/aqm-llm (the first one, softmax
+# head) are kept for comparison
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "aqm-llm-anchored"
 DEPLOY_KEYS = ("early_exit_layers", "precision", "kv_cache", "refill", "threads", "l4s_step_ms",
                "target_return")
 NO_SIGNAL = [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]  # Decision(): enqueue everything, per class
+ANCHOR_SLOT = 1  # the raw vector's second scalar: the anchor's log10 p' in the anchored set
 
 
 def _param(default: Any, help_: str) -> Any:
@@ -68,7 +70,7 @@ def _param(default: Any, help_: str) -> Any:
 @dataclass
 class AqmLlmParams(Params):
     checkpoint: str = _param("", "checkpoint directory (testbed train --out); empty: the shipped "
-                                 "models/aqm-llm-coupled")
+                                 "models/aqm-llm-anchored")
     early_exit_layers: int = _param(0, "run only N decoder layers (a trained exit); 0: the "
                                        "checkpoint's deploy setting, else all")
     kv_cache: bool = _param(True, "keep keys/values across updates")
@@ -176,14 +178,20 @@ class AqmLlmPolicy(Policy):
         self.reset()
 
     def reset(self) -> None:
+        from policies.aqm_llm.anchor import LOG10_FLOOR, Anchor
+        from policies.aqm_llm.features import ANCHOR_NAME
+
         self.context = Context(self.model, self.model.cfg.window, self.settings["refill"],
                                self.settings["kv_cache"])
         self.applied = NO_SIGNAL  # probabilities in force (what the context commits)
+        self.last_base = (math.nan, math.nan)  # p', k of the last proposal (log-space heads)
+        self.sent_anchor = LOG10_FLOOR  # the anchor of the state the worker computes on
+        self.anchor = Anchor() if self.stats.names[1] == ANCHOR_NAME else None
         self.current = Decision()
         self.stale = False  # pipelined: the outstanding answer came too late and will be dropped
 
     def queue_config(self) -> QueueConfig:
-        return QueueConfig(dualq=True)
+        return dualpi2_queues()
 
     # ---- lifecycle: the control loop starts and closes its policy
     def start(self) -> None:
@@ -217,11 +225,16 @@ class AqmLlmPolicy(Policy):
         feats = self.stats.apply(split_vector(vector))
         with torch.inference_mode():
             hidden = self.context.decide(self.model.step_tokens(self.rtg, feats))
-            return self.model.probs(self.model.head(hidden).double())
+            anchor = torch.tensor(float(vector[ANCHOR_SLOT]))  # raw: the anchored head's input
+            out = self.model.head_out(hidden, anchor).double()
+            self.last_base = self.model.base(out)
+            return self.model.probs(out)
 
     def vector(self, state: QueueState) -> Any:
-        """The raw state vector in this model's feature set (features.state_vector)."""
-        return self._state_vector(state, self.stats.names)
+        """The raw state vector in this model's feature set (features.state_vector); for an
+        anchored model this is the anchor's update for the state, so once per state."""
+        anchor_log = self.anchor.update(state) if self.anchor is not None else 0.0
+        return self._state_vector(state, self.stats.names, anchor_log)
 
     def probabilities(self, state: QueueState) -> Any:
         """[2, 3] float64 tensor: per class (enqueue, drop, mark), taken as applied (offline:
@@ -236,10 +249,10 @@ class AqmLlmPolicy(Policy):
             from policies.aqm_llm.worker import prioritise_control_thread
 
             self.prioritised = prioritise_control_thread() or True  # try once
+        vector = self.vector(state)  # every tick, whatever is decided: the anchor integrates
         if self.worker is not None and self.params.pipelined:
-            probs, self.late = self._pipelined(state, t0)
+            probs, self.late = self._pipelined(vector, t0)
         else:
-            vector = self.vector(state)
             if self.worker is not None:
                 probs = self.worker.decide(vector, self.applied, t0 + self.settings["deadline_ms"] / 1e3)
             else:
@@ -255,7 +268,7 @@ class AqmLlmPolicy(Policy):
         self.current = to_decision(probs, self.settings["l4s_step_ms"])
         return self.current
 
-    def _pipelined(self, state: QueueState, t0: float) -> tuple[list[list[float]] | None, bool]:
+    def _pipelined(self, vector: Any, t0: float) -> tuple[list[list[float]] | None, bool]:
         """(probabilities to apply now or None, late?). Applies the answer to the previous
         tick's state, and hands the worker this tick's state. The answer had a whole tick; if
         it is not there yet, it gets at most a grace of half the deadline (the control loop
@@ -273,9 +286,12 @@ class AqmLlmPolicy(Policy):
                 return None, True
         else:
             first = True  # nothing computed yet, so nothing is late
+        if fresh is not None and self.anchor is not None:  # the correction, on this tick's anchor
+            fresh = reanchor(self.worker.last_base, self.sent_anchor, float(vector[ANCHOR_SLOT]))
         # what was applied after the previous step: its answer, or the decision kept in force
         applied = fresh if fresh is not None else self.applied
-        self.worker.submit(self.vector(state), applied)
+        self.worker.submit(vector, applied)
+        self.sent_anchor = float(vector[ANCHOR_SLOT])
         return fresh, fresh is None and not first
 
     def latency_stats(self) -> dict[str, float]:
@@ -308,14 +324,41 @@ def _deploy(config: dict[str, Any], where: str) -> dict[str, Any]:
     return deploy
 
 
+def reanchor(base: tuple[float, float], sent: float, now: float) -> list[list[float]]:
+    """An anchored model's answer to the previous tick's state, applied to this tick's anchor:
+    p' = 10^(now + c), c = log10 p'_answer - sent (the correction it chose), and its k. So
+    pipelining delays the model's correction by a tick but never DualPI2's own p': with c = 0
+    this is DualPI2 now. A correction unknown (the answer's anchor or p' was 0) counts as 0;
+    an anchor now at 0 signals nothing, as the anchored head does."""
+    from policies.aqm_llm.anchor import LOG10_FLOOR
+    from policies.aqm_llm.anchored import coupled_probs
+
+    p_base, k = base
+    c = math.log10(p_base) - sent if p_base > 0 and sent > LOG10_FLOOR else 0.0
+    p_now = 10.0 ** (now + c) if now > LOG10_FLOOR else 0.0
+    return coupled_probs(min(p_now, 1.0), k if math.isfinite(k) else 2.0)
+
+
+def dualpi2_queues() -> QueueConfig:
+    """The queues AQM-LLM and its student run in: DualPI2's own (its limit, C share and tick).
+    The pool's DualPI2 episodes ran in them, and the comparison with DualPI2 is then one of
+    decisions only; with the testbed's buffer as the limit instead, an overshoot that DualPI2
+    absorbs tail-dropped Reno flows into timeouts."""
+    from policies.dualpi2 import DualPi2
+
+    return DualPi2().queue_config()
+
+
 def to_decision(probs: list[list[float]], l4s_step_ms: float) -> Decision:
-    """Per-class (enqueue, drop, mark) probabilities -> Decision (L4S step threshold added)."""
+    """Per-class (enqueue, drop, mark) probabilities -> Decision (L4S step threshold added).
+    The coin is tossed at dequeue, as sch_dualpi2 (drop_dequeue, its default) and DualPI2 here
+    do, and as the pool's DualPI2 episodes ran."""
     out = {}
     for cls, (_, drop, mark) in zip(CLASSES, probs, strict=True):
         drop, mark = min(max(drop, 0.0), 1.0), min(max(mark, 0.0), 1.0)
         mark = min(mark, 1.0 - drop)
         step = l4s_step_ms if cls == "l4s" and l4s_step_ms > 0 else None
-        out[cls] = ClassDecision(p_drop=drop, p_mark=mark, step_threshold_ms=step)
+        out[cls] = ClassDecision(p_drop=drop, p_mark=mark, step_threshold_ms=step, coin_at_dequeue=True)
     return Decision(**out)
 
 

@@ -18,8 +18,10 @@ from typing import ClassVar
 import numpy as np
 from safetensors.numpy import save_file
 
+from policies.aqm_llm.anchor import Anchor
 from policies.aqm_llm.checkpoint import load_safetensors, read_json, read_stats, refuse_pickles
 from policies.aqm_llm.features import (
+    ANCHOR_NAME,
     CLIP,
     DT_NAME,
     N_SCALARS,
@@ -30,7 +32,7 @@ from policies.aqm_llm.features import (
     state_vector,
 )
 from policies.aqm_llm.head import N_ACTIONS
-from policies.aqm_llm.policy import to_decision
+from policies.aqm_llm.policy import dualpi2_queues, to_decision
 from policies.base import CLASSES, HISTORY_LEN, Decision, Params, Policy, QueueConfig, QueueState
 from policies.errors import PolicyError as UserError
 
@@ -72,9 +74,10 @@ class Student:
         z = np.exp(z - z.max(-1, keepdims=True))
         return z / z.sum(-1, keepdims=True)
 
-    def state_input(self, state: QueueState) -> np.ndarray:
-        """Same as student_inputs(stats.apply(from_state(state))), without the generic overhead."""
-        raw = state_vector(state, self.stats.names)
+    def state_input(self, state: QueueState, anchor_log: float = 0.0) -> np.ndarray:
+        """Same as student_inputs(stats.apply(from_state(state, names, anchor_log))), without
+        the generic overhead."""
+        raw = state_vector(state, self.stats.names, anchor_log)
         x = np.clip((raw - self._mean) / self._std, -CLIP, CLIP)
         mask = raw[self._series.stop:]
         if not mask.all():  # padded history stays exactly 0, as stats.apply leaves it
@@ -147,13 +150,15 @@ class StudentPolicy(Policy):
         if self.params.native:
             from policies.aqm_llm.student_native import NativeStudent
 
-            self.native = NativeStudent.build(student.layers, student._mean, student._std,
-                                              student.stats.names[1] == DT_NAME)
+            self.native = NativeStudent.build(student.layers, student._mean, student._std)
+        second = student.stats.names[1]
+        self.dt_feature = second == DT_NAME
+        self.anchor = Anchor() if second == ANCHOR_NAME else None  # a student of an anchored teacher
         self.last_latency_s = 0.0
         self.prioritised = False
 
     def queue_config(self) -> QueueConfig:
-        return QueueConfig(dualq=True)
+        return dualpi2_queues()
 
     def update(self, state: QueueState) -> Decision:
         if not self.prioritised:  # once, on the control loop's own thread (worker.py says why)
@@ -161,13 +166,19 @@ class StudentPolicy(Policy):
 
             self.prioritised = prioritise_control_thread() or True
         t0 = time.perf_counter()
-        if self.native is not None:
-            probs = self.native.probs(state)
-        else:
-            probs = [_softmax(row) for row in self.student.logits(self.student.state_input(state)).tolist()]
-        decision = to_decision(probs, self.params.l4s_step_ms)
+        decision = to_decision(self.probabilities(state), self.params.l4s_step_ms)
         self.last_latency_s = time.perf_counter() - t0
         return decision
+
+
+    def probabilities(self, state: QueueState) -> list[list[float]]:
+        """Per class (enqueue, drop, mark), in C or numpy; an anchored student's anchor takes
+        this state's update, so once per state."""
+        anchor_log = self.anchor.update(state) if self.anchor is not None else 0.0
+        if self.native is not None:
+            return self.native.probs(state, state.dt * 1e3 if self.dt_feature else anchor_log)
+        x = self.student.state_input(state, anchor_log)
+        return [_softmax(row) for row in self.student.logits(x).tolist()]
 
 
 def _softmax(row: list[float]) -> list[float]:

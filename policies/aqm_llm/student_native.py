@@ -66,11 +66,8 @@ class NativeStudent:
     """Student.probs(Student.state_input(state)) for one live state, in one C call."""
 
     def __init__(self, dll: ctypes.CDLL, layers: list[tuple[np.ndarray, np.ndarray]],
-                 mean: np.ndarray, std: np.ndarray, dt_feature: bool = False) -> None:
+                 mean: np.ndarray, std: np.ndarray) -> None:
         self.dll = dll
-        # the C code computes the legacy feature set's dt_ms from its input; a model of the
-        # current set (features.py) is given 0 there, its constant `zero` feature
-        self.dt_feature = dt_feature
         # the arrays the struct points into live as long as this object
         self._keep: list[Any] = [np.ascontiguousarray(a, np.float32) for w, b in layers for a in (w, b)]
         self._mean, self._std = (np.ascontiguousarray(a, np.float64) for a in (mean, std))
@@ -90,16 +87,18 @@ class NativeStudent:
 
     @classmethod
     def build(cls, layers: list[tuple[np.ndarray, np.ndarray]], mean: np.ndarray,
-              std: np.ndarray, dt_feature: bool = False) -> NativeStudent | None:
+              std: np.ndarray) -> NativeStudent | None:
         if len(layers) > MAX_LAYERS or max(w.shape[1] for w, _ in layers) > 1024:
             return None
         dll = library()
-        return cls(dll, layers, mean, std, dt_feature) if dll is not None else None
+        return cls(dll, layers, mean, std) if dll is not None else None
 
-    def probs(self, state: QueueState) -> list[list[float]]:
-        """[[enqueue, drop, mark] for l4s, the same for classic]."""
+    def probs(self, state: QueueState, second: float = 0.0) -> list[list[float]]:
+        """[[enqueue, drop, mark] for l4s, the same for classic]; `second`: the feature set's
+        second scalar, which the C code takes as given (features.scalar_values: dt in ms for
+        the legacy set, the anchor's log10 p' for the anchored one, else 0)."""
         buf = self.inputs
-        buf[0], buf[1] = state.link_rate_bps, state.dt if self.dt_feature else 0.0
+        buf[0], buf[1] = state.link_rate_bps, second
         j = 2
         for cls, keys in self._keys:
             per = vars(state.of(cls))

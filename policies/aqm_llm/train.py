@@ -36,10 +36,11 @@ from safetensors.torch import load_file
 
 from policies.aqm_llm import checkpoint as ckpt
 from policies.aqm_llm.coupled import log_errors, median
-from policies.aqm_llm.dataset import Episodes, as_frame, exclude_scenarios, prepare
-from policies.aqm_llm.features import NormStats
+from policies.aqm_llm.dataset import Episodes, as_frame, exclude_scenarios, learn_mask, prepare
+from policies.aqm_llm.features import ANCHORED_SCALAR_NAMES, SCALAR_NAMES, NormStats
 from policies.aqm_llm.model import AqmLlm, ModelConfig
 from policies.aqm_llm.reward import DEFAULT as REWARD
+from policies.aqm_llm.value import advantage_weights
 from policies.errors import PolicyError as UserError
 
 KEEP_CHECKPOINTS = 2
@@ -51,7 +52,8 @@ def train(pool: pd.DataFrame | str | Path | Sequence[str | Path], out_dir: str |
           val_frac: float = 0.2, val_every: int = 50, ckpt_every: int = 100, warmup: int = 20,
           val_windows: int = 64, exclude: Sequence[str] = (), deploy: dict[str, Any] | None = None,
           recipe: dict[str, Any] | None = None, horizon_s: float = 0.0, learn_explored: bool = True,
-          action_dropout: float = 0.0, **model_args: Any) -> dict[str, Any]:
+          action_dropout: float = 0.0, awr_beta: float = 0.0, learn_from: Sequence[str] = (),
+          **model_args: Any) -> dict[str, Any]:
     """Train AQM-LLM on `pool` (a frame, a pool.parquet, run directories) without the rows of
     the scenarios in `exclude`; returns the losses. `model_args` are further ModelConfig
     fields (lora_alpha, lora_targets, layers, exits, full_finetune, ...). `deploy` (policy
@@ -61,8 +63,15 @@ def train(pool: pd.DataFrame | str | Path | Sequence[str | Path], out_dir: str |
 
     accel = Accelerator()
     out = Path(out_dir)
+    names = ANCHORED_SCALAR_NAMES if model_args.get("action") == "anchored" else SCALAR_NAMES
     train_eps, val_eps, stats = prepare(exclude_scenarios(as_frame(pool), exclude), gamma, val_frac, seed,
-                                        horizon_s=horizon_s)
+                                        horizon_s=horizon_s, names=names)
+    awr: dict[str, Any] = {}
+    if awr_beta > 0:  # advantage-weighted regression (value.py): weights of the training steps
+        train_eps.weight, awr = advantage_weights(train_eps.feats, train_eps.rtg, stats, awr_beta, seed=seed)
+    if learn_from:  # the other behaviours' steps are context (and the value's data), not targets
+        train_eps.weight = learn_mask(train_eps, learn_from) * (
+            train_eps.weight if train_eps.weight is not None else 1.0)
     cfg = ModelConfig(backbone=backbone, window=window, lora_rank=lora_rank, **model_args)
     torch.manual_seed(seed)
     model, stats, start, history = _start(cfg, stats, out, resume)
@@ -74,7 +83,9 @@ def train(pool: pd.DataFrame | str | Path | Sequence[str | Path], out_dir: str |
     run = _Run(accel, model, opt, stats, cfg, train_eps, val_eps, val_windows)
     run.learn_explored, run.action_dropout = learn_explored, action_dropout
     meta = {"reward": REWARD.to_dict(), "gamma": gamma, "horizon_s": horizon_s,
-            "learn_explored": learn_explored, "action_dropout": action_dropout, "seed": seed, "lr": lr,
+            "learn_explored": learn_explored, "action_dropout": action_dropout, "awr": awr,
+            "learn_from": list(learn_from), "seed": seed,
+            "lr": lr,
             "batch": batch,
             "excluded_scenarios": list(exclude), "deploy": dict(deploy or {}), "recipe": recipe or {},
             "pool_episodes": {"train": train_eps.names, "val": val_eps.names}}
@@ -117,8 +128,9 @@ class _Run:
         return torch.stack(list(losses.values())).mean(), losses[max(losses)]
 
     def targets(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The steps whose action is a training target."""
-        return b["valid"] if self.learn_explored else b["valid"] * (1 - b["explore"])
+        """The steps whose action is a training target, with their loss weight (advantage
+        weights in training with awr_beta; 1 in validation, which has none)."""
+        return b["weight"] if self.learn_explored else b["weight"] * (1 - b["explore"])
 
     def train_step(self, seed: int, step: int, batch: int) -> float:
         self.model.train()
@@ -193,8 +205,8 @@ def _start(cfg: ModelConfig, stats: NormStats, out: Path,
         return AqmLlm(cfg), stats, 0, []
     model, saved_stats, config = ckpt.load_checkpoint(out)
     if saved_stats.names != stats.names:  # the pool's features are the current set's
-        raise UserError(f"{out} holds a run on another feature set (before dt was dropped, issue "
-                        "14 item 5); use --no-resume or another --out")
+        raise UserError(f"{out} holds a run on another feature set ({saved_stats.names[1]} where "
+                        f"this run has {stats.names[1]}); use --no-resume or another --out")
     if ModelConfig.from_dict(config["model"]) != cfg:
         raise UserError(f"{out} holds a run with another model config ({config['model']}); "
                         "use the same options, --no-resume, or another --out")

@@ -9,7 +9,8 @@ and the link's event loop loses nothing to it.
 Protocol (a multiprocessing Pipe of raw bytes, never pickled objects): the parent sends
     APPLIED (6 float64: the probabilities in force after the previous step) + STATE (the raw
     features.state_vector)
-and the worker answers 6 float64 probabilities + its compute time. The parent waits at most
+and the worker answers 6 float64 probabilities + the head's base probability p' and coupling k
+(NaN for the softmax head; anchored.reanchor needs them) + its compute time. The parent waits at most
 until the deadline; an answer that comes later is read and thrown away before the next
 request, and a request is only sent once the worker is idle, so decisions always come from
 the latest state and never queue up behind each other.
@@ -33,6 +34,7 @@ from policies.errors import PolicyError as UserError
 
 READY_TIMEOUT_S = 60.0  # torch import + checkpoint load on a busy 2-core machine
 N_PROBS = 6
+N_BASE = 2  # p', k
 RT_PRIORITY = 10  # SCHED_RR, below the kernel's own threaded IRQs (50)
 
 
@@ -52,6 +54,7 @@ class Worker:
         self.busy = False  # a request is out and its answer not yet read
         self.compute_us: list[float] = []
         self.dropped = 0  # answers that came after their deadline
+        self.last_base = (float("nan"), float("nan"))  # p', k of the last answer read
         if not self.conn.poll(READY_TIMEOUT_S):
             self.close()
             raise UserError(f"the aqm-llm worker did not start within {READY_TIMEOUT_S:.0f} s")
@@ -103,7 +106,8 @@ class Worker:
         except (OSError, EOFError):
             raise RuntimeError(f"the aqm-llm worker died (exit code {self.proc.exitcode})") from None
         self.busy = False
-        self.compute_us.append(out[N_PROBS] * 1e6)
+        self.compute_us.append(out[N_PROBS + N_BASE] * 1e6)
+        self.last_base = (float(out[N_PROBS]), float(out[N_PROBS + 1]))
         return out[:N_PROBS]
 
     def stats(self) -> dict[str, float]:
@@ -143,7 +147,7 @@ def _serve(conn: Any, args: dict[str, Any], make_policy: Any) -> None:
         probs = policy.propose(buf[N_PROBS:].copy()).numpy().reshape(-1)
         took = time.perf_counter() - t0
         try:
-            conn.send_bytes(np.append(probs, took).astype(np.float64).tobytes())
+            conn.send_bytes(np.concatenate([probs, policy.last_base, [took]]).astype(np.float64).tobytes())
         except (BrokenPipeError, OSError):
             return
 

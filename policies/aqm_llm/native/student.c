@@ -44,7 +44,7 @@ static void raw_vector(const double *in, const int *lens, double *raw) {
     /* sojourn 0, sojourn_max 1, head_sojourn 2, backlog_bytes 3, backlog_pkts 4,
      * arrival_bps 5, departure_bps 6, arrivals 7, drops 8, marks 9 */
     raw[0] = log1p(link);
-    raw[1] = in[1] * 1e3;
+    raw[1] = in[1]; /* the second scalar as the caller computed it (dt_ms, anchor, 0) */
     raw[2] = (l4s[6] + cl[6]) / link;
     raw[3] = log1p((l4s[3] + cl[3]) * 8e3 / link);
     int j = 4;
