@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The flagship on the default local testbed: DualPI2, then AQM-LLM (the shipped model,
-# models/aqm-llm-coupled), then `testbed compare` of the two. About two minutes.
+# models/aqm-llm-anchored), then `testbed compare` of the two. About two minutes.
 #
 # It builds a testbed of its own name (NAME, default "demo" and a random number, so that two
 # demos on one machine do not collide) from SPEC and tears down only that one: other testbeds

@@ -230,3 +230,27 @@ def test_learn_from_keeps_the_other_behaviours_out_of_the_targets(pool) -> None:
     assert 0 < mask.sum() < len(mask)
     with pytest.raises(PolicyError, match="learn_from: no training episode of behaviour 'codel'"):
         D.learn_mask(train_eps, ["codel"])
+
+
+def test_a_student_of_an_anchored_teacher_feeds_its_anchor_in_c_and_numpy(pool) -> None:
+    """The shipped student's weights relabelled as the anchored set: the C and numpy paths decide
+    alike state by state (each runs its own anchor), and the anchor changes the decisions."""
+    import dataclasses
+
+    from policies.aqm_llm.student import Student, StudentPolicy
+
+    shipped = StudentPolicy(StudentPolicy.Params(native=False)).student
+    weights = {f"{k}{i}": a for i, (w, b) in enumerate(shipped.layers) for k, a in (("w", w), ("b", b))}
+
+    def student(names: tuple[str, ...], native: bool) -> StudentPolicy:
+        s = Student(weights, dataclasses.replace(shipped.stats, names=names))
+        return StudentPolicy(StudentPolicy.Params(native=native), student=s)
+
+    c_path = student(features.ANCHORED_SCALAR_NAMES, True)
+    np_path = student(features.ANCHORED_SCALAR_NAMES, False)
+    plain = student(features.SCALAR_NAMES, True)
+    assert c_path.native is not None
+    _, rows = next(D.episodes(pool))
+    a, b, z = ([p.probabilities(s) for s in D.states(rows)] for p in (c_path, np_path, plain))
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-9)
+    assert not np.allclose(a, z, rtol=1e-3, atol=1e-6)

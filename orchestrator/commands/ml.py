@@ -56,7 +56,7 @@ def _settings(ctx: click.Context, kind: type, config: str | None, values: dict[s
               help="pool.parquet, a run directory or a directory of runs (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False), help="Checkpoint directory.")
 @click.option("--export", type=click.Path(file_okay=False),
-              help="Also copy the final model, without optimizer state, here (models/aqm-llm-coupled).")
+              help="Also copy the final model, without optimizer state, here (models/aqm-llm-anchored).")
 @click.option("--steps", type=int, help="[300]")
 @click.option("--batch", type=int, help="[16]")
 @click.option("--lr", type=float, help="[3e-4]")
