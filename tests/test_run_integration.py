@@ -111,7 +111,7 @@ def test_interrupted_run_keeps_its_results_marked_aborted(netns_testbed, tmp_pat
     name = unique_name("ab")
     netns_testbed(dumbbell_yaml(name, scenario=SCENARIO))
     results = tmp_path / "res"
-    proc = subprocess.Popen([*TESTBED, "run", "--testbed", name, "--policy", "dualpi2", "--duration", "30",
+    proc = subprocess.Popen([*TESTBED, "run", "--testbed", name, "--policy", "dualpi2", "--duration", "120",
                              "--results", str(results)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
